@@ -1,0 +1,264 @@
+# MM core proper (64-bit): one-time initialisation and the per-SMI entry point.
+#
+# core_main follows edk2's Standalone MM core MmEntryPoint with an MM_COMM_BUFFER
+# and its 24-byte MM_COMM_BUFFER_STATUS mailbox (reference/comm_protocols.md 4.2
+# and checklist items 8-11), looking at the user mailbox first as the MM
+# Supervisor does (comm_protocols.md 3.3). The interrupt source is read from
+# SMI_STS and APM_CNT and kept in CORE_STATE for reports; as in edk2, the
+# decision to process a request is the mailbox's IsCommBufferValid.
+
+core_init:
+    push rbp
+    mov rbp, rsp
+    push rbx
+    push r12
+    sub rsp, 0x30
+    # Page tables: PML4 -> PDPT -> four PDs covering 4 GiB; everything not
+    # mapped below is not present.
+    cld
+    mov rdi, PML4
+    xor eax, eax
+    mov rcx, 0x3000
+    rep stosq
+    mov rbx, PML4
+    mov qword ptr [rbx], 0x07819003
+    mov rbx, PDPT
+    mov qword ptr [rbx], 0x0781a003
+    mov qword ptr [rbx + 0x8], 0x0781b003
+    mov qword ptr [rbx + 0x10], 0x0781c003
+    mov qword ptr [rbx + 0x18], 0x0781d003
+    # SMRAM: present, writable, executable 2 MiB pages.
+    mov rbx, PD0
+    mov qword ptr [rbx + 0x1e0], 0x07800083
+    mov qword ptr [rbx + 0x1e8], 0x07a00083
+    mov qword ptr [rbx + 0x1f0], 0x07c00083
+    mov qword ptr [rbx + 0x1f8], 0x07e00083
+    mov rbx, CORE_STATE
+    mov rax, PT_POOL
+    mov qword ptr [rbx + CS_NEXT_PT], rax
+    # Comm buffers and their status mailboxes: present, writable, NX.
+    mov r12, BOOT_INFO
+    mov rdi, qword ptr [r12 + 0x10]
+    mov rsi, qword ptr [r12 + 0x18]
+    call map_range
+    mov rdi, qword ptr [r12 + 0x20]
+    mov rsi, 0x1
+    call map_range
+    mov rdi, qword ptr [r12 + 0x28]
+    mov rsi, qword ptr [r12 + 0x30]
+    call map_range
+    mov rdi, qword ptr [r12 + 0x38]
+    mov rsi, 0x1
+    call map_range
+    mov rax, PML4
+    mov cr3, rax
+    call init_idt
+    # MMI handler table, then the core's own handlers.
+    mov rbx, HANDLER_TABLE
+    mov qword ptr [rbx], 0x0
+    mov qword ptr [rbx + 0x8], 0x40
+    lea rcx, [rip + msup_handler]
+    lea rdx, [rip + guid_mm_supervisor_request]
+    call register_builtin
+    lea rcx, [rip + ready_to_lock_handler]
+    lea rdx, [rip + guid_dxe_mm_ready_to_lock]
+    call register_builtin
+    lea rcx, [rip + event_handler]
+    lea rdx, [rip + guid_end_of_dxe]
+    call register_builtin
+    lea rcx, [rip + event_handler]
+    lea rdx, [rip + guid_ready_to_boot]
+    call register_builtin
+    lea rcx, [rip + exit_boot_services_handler]
+    lea rdx, [rip + guid_exit_boot_services]
+    call register_builtin
+    lea rcx, [rip + event_handler]
+    lea rdx, [rip + guid_echo]
+    call register_builtin
+    mov rbx, CORE_STATE
+    mov qword ptr [rbx + CS_INITIALIZED], 0x1
+    add rsp, 0x30
+    pop r12
+    pop rbx
+    pop rbp
+    ret
+
+# rcx = handler, rdx = GUID: MmiHandlerRegister with a scratch DispatchHandle.
+register_builtin:
+    sub rsp, 0x38
+    lea r8, [rsp + 0x28]
+    call mmi_handler_register
+    add rsp, 0x38
+    ret
+
+core_main:
+    push rbp
+    mov rbp, rsp
+    push rbx
+    push r12
+    push r13
+    push r14
+    sub rsp, 0x30
+    mov rbx, CORE_STATE
+    inc qword ptr [rbx + CS_SMI_COUNT]
+    mov qword ptr [rbx + CS_CHANNEL], 0xff
+    # Identify the source: SMI_STS (PMBASE+0x34) and the APM command byte.
+    mov r12, BOOT_INFO
+    mov rdx, qword ptr [r12 + BI_PMBASE]
+    add edx, 0x34
+    in eax, dx
+    mov r13d, eax
+    mov qword ptr [rbx + CS_SMI_STS], rax
+    in al, 0xb2
+    movzx eax, al
+    mov qword ptr [rbx + CS_APM_CNT], rax
+    # Synchronous request: user mailbox first, then the supervisor mailbox.
+    lea rcx, [r12 + 0x28]
+    mov edx, 0x1
+    call process_channel
+    test rax, rax
+    jnz core_main_root
+    lea rcx, [r12 + BI_BUFFERS]
+    xor edx, edx
+    call process_channel
+core_main_root:
+    # Root (asynchronous) handlers always run afterwards.
+    xor ecx, ecx
+    xor edx, edx
+    xor r8d, r8d
+    xor r9d, r9d
+    call mmi_manage
+    # Clear the status bits that were seen, then set EOS as the last act.
+    mov rdx, qword ptr [r12 + BI_PMBASE]
+    add edx, 0x34
+    mov eax, r13d
+    out dx, eax
+    mov rdx, qword ptr [r12 + BI_PMBASE]
+    add edx, 0x30
+    in eax, dx
+    or eax, 0x2
+    out dx, eax
+    add rsp, 0x30
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    pop rbp
+    ret
+
+# rcx = MM_COMM_BUFFER {PhysicalStart, NumberOfPages, Status}, rdx = channel.
+# Returns rax = 1 if the mailbox held a request, 0 otherwise.
+process_channel:
+    push rbp
+    mov rbp, rsp
+    push rbx
+    push rsi
+    push rdi
+    push r12
+    push r13
+    push r14
+    push r15
+    sub rsp, 0x38
+    mov r12, qword ptr [rcx]
+    mov r13, qword ptr [rcx + 0x8]
+    mov r14, qword ptr [rcx + 0x10]
+    xor eax, eax
+    test r12, r12
+    jz process_channel_out
+    test r14, r14
+    jz process_channel_out
+    cmp byte ptr [r14], 0x0
+    je process_channel_out
+    mov rbx, CORE_STATE
+    mov qword ptr [rbx + CS_CHANNEL], rdx
+    # Size checks: 24 + MessageLength must fit the buffer (and the SMRAM copy).
+    mov r15, r13
+    shl r15, 0xc
+    mov rax, qword ptr [r12 + 0x10]
+    cmp rax, r15
+    ja process_channel_too_big
+    lea rsi, [rax + 0x18]
+    cmp rsi, r15
+    ja process_channel_too_big
+    cmp r15, COMM_COPY_SIZE
+    ja process_channel_too_big
+    mov qword ptr [rsp + 0x20], rsi
+    # Work on a copy in SMRAM: copy the request, zero the rest of the copy.
+    mov rdi, COMM_COPY
+    mov rcx, rsi
+    mov rsi, r12
+    call copy_bytes
+    mov rdi, COMM_COPY
+    add rdi, qword ptr [rsp + 0x20]
+    mov rcx, r15
+    sub rcx, qword ptr [rsp + 0x20]
+    call zero_bytes
+    # MmiManage(&HeaderGuid, NULL, Data, &Size) with Size = MessageLength.
+    mov rcx, COMM_COPY
+    mov rax, qword ptr [rcx + 0x10]
+    mov qword ptr [rsp + 0x28], rax
+    xor edx, edx
+    lea r8, [rcx + 0x18]
+    lea r9, [rsp + 0x28]
+    call mmi_manage
+    mov rbx, rax
+    mov rdx, CORE_STATE
+    mov qword ptr [rdx + CS_MMI_STATUS], rax
+    mov rcx, qword ptr [rsp + 0x28]
+    add rcx, 0x18
+    mov qword ptr [rsp + 0x30], rcx
+    cmp rcx, r15
+    ja process_channel_status
+    mov rdi, r12
+    mov rsi, COMM_COPY
+    call copy_bytes
+process_channel_status:
+    mov byte ptr [r14], 0x0
+    mov rax, qword ptr [rsp + 0x30]
+    mov qword ptr [r14 + 0x10], rax
+    xor eax, eax
+    test rbx, rbx
+    jz process_channel_store
+    mov rax, 0x800000000000000e
+process_channel_store:
+    mov qword ptr [r14 + 0x8], rax
+    mov eax, 0x1
+    jmp process_channel_out
+process_channel_too_big:
+    # edk2 ASSERTs here and leaves the mailbox untouched; so does this core.
+    or qword ptr [rbx + CS_CHANNEL], 0x100
+    mov eax, 0x1
+process_channel_out:
+    add rsp, 0x38
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rdi
+    pop rsi
+    pop rbx
+    pop rbp
+    ret
+
+# rdi = destination, rsi = source, rcx = byte count (qwords, then bytes).
+copy_bytes:
+    cld
+    mov rdx, rcx
+    shr rcx, 0x3
+    rep movsq
+    mov rcx, rdx
+    and rcx, 0x7
+    rep movsb
+    ret
+
+# rdi = destination, rcx = byte count.
+zero_bytes:
+    cld
+    xor eax, eax
+    mov rdx, rcx
+    shr rcx, 0x3
+    rep stosq
+    mov rcx, rdx
+    and rcx, 0x7
+    rep stosb
+    ret

@@ -1,0 +1,479 @@
+"""One logical CPU: its engine, its SMM state, and the run loop that takes SMIs.
+
+The run loop alternates ``emu_start`` segments. A segment ends on ``hlt``, on
+a stop requested by a hook, or on a refused memory access; the loop then
+decides what the CPU does next:
+
+* an SMI became pending (APM_CNT write) while outside SMM: write the save-state
+  map, enter SMM in the architectural entry state and run from SMBASE+0x8000;
+* the SMM code executed RSM: check the image, restore, re-close SMRAM and
+  continue the interrupted code, or take a latched SMI first;
+* anything else ends the run with a :class:`~smmemu.results.StopReason`.
+
+SMI timing (smm_semantics.md 7.3, unicorn_probe.md row 7): ``emu_stop`` in an
+OUT hook only takes effect at the end of the translation block, so the OUT hook
+only marks the SMI pending; a code hook on the non-SMRAM address ranges, which
+costs nothing inside SMRAM, stops before the next instruction. The saved RIP is
+therefore the instruction after the OUT and nothing after the OUT has run.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from smmemu.chipset.bus import PortBus
+from smmemu.engine import GPR_ORDER, Engine, RunFault
+from smmemu.memory import PhysicalMemory, SmramAccess
+from smmemu.profiles import Profile
+from smmemu.results import FaultRecord, Finding, SmiRecord, SmiResult, StopReason
+from smmemu.smm import context
+from smmemu.smm.delivery import GateError, plan_delivery, translate
+from smmemu.smm.savestate import IoTrap, decode_save_state, encode_save_state, map_size
+from smmemu.smm.smram import SmramView
+
+__all__ = ["Cpu", "FaultDecoder"]
+
+log = logging.getLogger(__name__)
+
+_NON_SMM_UNTIL = 0x0009_F000
+"""``until`` for non-SMM runs: a DRAM page no code occupies, mapped in the non-SMM tables.
+
+Runs end by hooks or ``hlt``, never at ``until``. After every run Unicorn
+invalidates the translation block holding ``until - 1``; that lookup walks the
+guest page tables, and an unmapped address there raises a silent #PF that sets
+CR2 and QEMU's ``old_exception`` (so the next real fault turns into #DF). An
+``until`` inside translated code forces re-translation (unicorn_probe.md row 12).
+"""
+_CR0_ENTRY_CLEAR = (1 << 0) | (1 << 31) | (1 << 2) | (1 << 3)
+_RSM_OPCODE = b"\x0f\xaa"
+_REVISION_SMBASE_RELOCATION = 1 << 17
+_CR4_RESERVED = (1 << 15) | ~((1 << 25) - 1)
+
+FaultDecoder = Callable[[], FaultRecord | None]
+"""Reads (and clears) the MM core's fault record after SMM code halted."""
+
+
+class _Watchdog:
+    """Stops the engine when a run exceeds its wall-clock budget (one thread per CPU)."""
+
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self._stop = stop
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._closed = False
+        self.expired = False
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float) -> None:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="smmemu-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            self.expired = False
+            self._deadline = time.monotonic() + seconds
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._deadline = None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+
+    def _loop(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._deadline is None:
+                    self._cond.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                self.expired = True
+                self._deadline = None
+                self._stop()
+
+
+@dataclass(slots=True)
+class _SmiFrame:
+    """Book-keeping for the SMI being serviced."""
+
+    record: SmiRecord
+    interrupted: bytes
+    entry_save_state: dict[str, int]
+
+
+@dataclass(slots=True)
+class _Run:
+    """Per-run state shared by the hooks and the loop."""
+
+    smis: list[SmiRecord] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    stop: StopReason | None = None
+    detail: str = ""
+
+
+class Cpu:
+    """A CPU that runs non-SMM code and services SMIs with the MM core in SMRAM."""
+
+    def __init__(
+        self,
+        index: int,
+        profile: Profile,
+        memory: PhysicalMemory,
+        ports: PortBus,
+        fault_decoder: FaultDecoder,
+    ) -> None:
+        self.index = index
+        self._profile = profile
+        self._memory = memory
+        self._ports = ports
+        self._fault_decoder = fault_decoder
+        self.engine = Engine()
+        self.layout = self.engine.layout
+        self.engine.map_host(0, memory.smram_base, memory.dram.address)
+        self.smram = SmramView(self.engine, memory, lambda: self.engine.reg("rip"))
+        self.smbase = profile.smbase
+        self.in_smm = False
+        self.smi_count = 0
+        self._smi_pending = False
+        self._last_insn = 0
+        self._last_io: tuple[int, int, bool] | None = None
+        self._io_trap: IoTrap | None = None
+        self._real_mode = Engine.real_mode_template(0)
+        self._templates: dict[int, bytes] = {}
+        self._frame: _SmiFrame | None = None
+        self._run: _Run = _Run()
+        self._rsm_requested = False
+        self._exception_stop: tuple[StopReason, str] | None = None
+        self._watchdog = _Watchdog(self.engine.stop)
+        self._install_hooks()
+
+    # -- hooks ----------------------------------------------------------------
+    def _install_hooks(self) -> None:
+        engine = self.engine
+        engine.on_port_out(self._on_port_out)
+        engine.on_port_in(self._on_port_in)
+        engine.on_interrupt(self._on_interrupt)
+        engine.on_invalid_instruction(self._on_invalid_instruction)
+        engine.on_protection_fault(self._on_protection_fault)
+        engine.on_code(0, self._memory.smram_base - 1, self._on_outside_code)
+        engine.on_code(self._memory.smram_end, 0xFFFF_FFFF_FFFF_FFFF, self._on_outside_code)
+
+    def _on_port_out(self, port: int, size: int, value: int) -> None:
+        self._last_io = (port, size, False)
+        self._ports.write(port, size, value)
+        self._last_io = None
+
+    def _on_port_in(self, port: int, size: int) -> int:
+        return self._ports.read(port, size)
+
+    def _on_outside_code(self, address: int, _size: int) -> None:
+        if self.in_smm:
+            self._run.findings.append(Finding(
+                "smm-callout", f"SMM code fetched an instruction outside SMRAM at {address:#x}",
+                address))
+            self._exception_stop = (StopReason.SMM_FAULT, f"call-out to {address:#x}")
+            self.engine.stop()
+            return
+        if self._smi_pending:
+            self.engine.stop()
+            return
+        self._last_insn = address
+
+    def _on_invalid_instruction(self) -> bool:
+        rip = self.engine.reg("rip")
+        if self.in_smm:
+            if self._read_code(rip, 2) == _RSM_OPCODE:
+                self._rsm_requested = True
+                self.engine.stop()
+                return True
+            self._deliver(6, rip)
+            return True
+        self._exception_stop = (StopReason.GUEST_FAULT, f"#UD outside SMM at {rip:#x}")
+        self.engine.stop()
+        return True
+
+    def _on_interrupt(self, vector: int) -> None:
+        rip = self.engine.reg("rip")
+        if not self.in_smm:
+            self._exception_stop = (StopReason.GUEST_FAULT,
+                                    f"exception {vector} outside SMM at rip {rip:#x}")
+            self.engine.stop()
+            return
+        self._deliver(vector, rip)
+
+    def _on_protection_fault(self, kind: str, address: int, size: int, _value: int) -> bool:
+        if not self.in_smm and self._memory.in_smram(address, size) and kind == "fetch":
+            self._memory.findings.append(SmramAccess("guest", "fetch", address, size, None, address))
+        return False
+
+    # -- SMI signalling -------------------------------------------------------
+    def raise_smi(self) -> None:
+        """SMI# asserted for this CPU: taken at the next instruction boundary (or after RSM)."""
+        if self._last_io is not None and not self.in_smm:
+            port, size, is_in = self._last_io
+            self._io_trap = IoTrap(port, size, is_in, self._uses_dx(self._last_insn),
+                                   self._last_insn)
+        self._smi_pending = True
+
+    def _uses_dx(self, rip: int) -> bool:
+        code = self._read_code(rip, 2)
+        opcode = code[1] if code[:1] == b"\x66" else code[0]
+        return opcode in (0xEC, 0xED, 0xEE, 0xEF)
+
+    # -- running --------------------------------------------------------------
+    def run(self, rip: int, *, budget: float) -> SmiResult:
+        """Run non-SMM code from ``rip`` until it halts, servicing every SMI it raises."""
+        started = time.perf_counter()
+        self._run = _Run()
+        next_rip = rip
+        self._watchdog.arm(budget)
+        try:
+            while self._run.stop is None:
+                next_rip = self._segment(next_rip)
+        finally:
+            self._watchdog.disarm()
+        if self.in_smm:
+            self._abandon_smi()
+        result = SmiResult(
+            stop=self._run.stop, smis=self._run.smis, registers=self.registers(),
+            findings=self._run.findings, detail=self._run.detail,
+            elapsed=time.perf_counter() - started,
+        )
+        return result
+
+    def _segment(self, rip: int) -> int:
+        """Run one ``emu_start`` segment and decide what follows; returns the next RIP."""
+        self._rsm_requested = False
+        self._exception_stop = None
+        try:
+            self.engine.run(rip, self._until())
+        except RunFault as fault:
+            return self._on_run_fault(fault)
+        if self._watchdog.expired:
+            self._finish(StopReason.BUDGET_EXCEEDED, self._where("budget exceeded"))
+            return 0
+        if self._exception_stop is not None:
+            self._finish(*self._exception_stop)
+            return 0
+        if self._rsm_requested:
+            return self._rsm()
+        if self._smi_pending and not self.in_smm:
+            return self._enter_smm()
+        if self.in_smm:
+            fault = self._fault_decoder()
+            if fault is not None:
+                self._finish(StopReason.SMM_FAULT, fault.describe(), fault=fault)
+            else:
+                self._finish(StopReason.SMM_HALT, self._where("hlt in SMM"))
+            return 0
+        self._finish(StopReason.HALTED, "")
+        return 0
+
+    def _until(self) -> int:
+        """A mapped, never-executed address for the current world (see ``_NON_SMM_UNTIL``)."""
+        return self._memory.smram_end - 0x1000 if self.in_smm else _NON_SMM_UNTIL
+
+    def _where(self, what: str) -> str:
+        rip = self.engine.reg("rip")
+        mode = "SMM" if self.in_smm else "non-SMM"
+        return f"{what} at rip {rip:#x} ({mode})"
+
+    def _finish(self, stop: StopReason, detail: str, *, fault: FaultRecord | None = None) -> None:
+        self._run.stop = stop
+        self._run.detail = detail
+        if self._frame is not None:
+            self._frame.record.stop = stop
+            self._frame.record.fault = fault
+            self._frame.record.detail = detail
+
+    def _on_run_fault(self, fault: RunFault) -> int:
+        rip = self.engine.reg("rip")
+        if not self.in_smm and fault.kind in ("read", "write") and not fault.unmapped:
+            # A non-SMM data access to closed SMRAM: switch to the black hole and retry.
+            self.smram.to_blackhole()
+            return rip
+        if not self.in_smm and fault.kind == "fetch":
+            self._finish(StopReason.SMRAM_FETCH,
+                         f"non-SMM code jumped into SMRAM or unmapped memory at {rip:#x}")
+            return 0
+        mode = "SMM" if self.in_smm else "non-SMM"
+        what = "unmapped" if fault.unmapped else "protected"
+        self._finish(StopReason.GUEST_FAULT, f"{mode} {fault.kind} of {what} memory at rip {rip:#x}")
+        return 0
+
+    # -- SMM entry ------------------------------------------------------------
+    def _template(self, smbase: int) -> bytes:
+        template = self._templates.get(smbase)
+        if template is None:
+            template = context.smm_template(self.layout, self._real_mode, smbase)
+            self._templates[smbase] = template
+        return template
+
+    def _save_state_address(self) -> int:
+        return self.smbase + self._profile.save_state_offset
+
+    def _read_save_state(self) -> bytes:
+        size = map_size(self._profile.save_state)
+        return self._memory.read(self._save_state_address(), size, smm=True)
+
+    def _enter_smm(self) -> int:
+        engine = self.engine
+        self._smi_pending = False
+        interrupted = engine.save_context()
+        snap = context.snapshot(self.layout, interrupted, rflags=engine.reg("rflags"),
+                                efer=engine.reg("efer"))
+        raw = encode_save_state(self._profile.save_state, snap, smbase=self.smbase,
+                                revision=self._profile.smm_revision, io=self._io_trap,
+                                previous=self._read_save_state())
+        self._io_trap = None
+        self._memory.write(self._save_state_address(), raw, smm=True)
+        save_state = decode_save_state(self._profile.save_state, raw)
+        record = SmiRecord(index=self.smi_count, smbase=self.smbase, save_state=save_state)
+        self._run.smis.append(record)
+        self._frame = _SmiFrame(record, interrupted, save_state)
+        self.smi_count += 1
+        engine.restore_context(context.entry_blob(self.layout, interrupted,
+                                                  self._template(self.smbase)))
+        engine.set_reg("cr0", snap.regs["cr0"] & ~_CR0_ENTRY_CLEAR & 0xFFFF_FFFF)
+        engine.flush_tlb()
+        self.smram.open()
+        self.in_smm = True
+        return 0x8000
+
+    # -- RSM ------------------------------------------------------------------
+    def _rsm(self) -> int:
+        frame = self._frame
+        if frame is None:
+            self._finish(StopReason.SHUTDOWN, "RSM without an SMI frame")
+            return 0
+        image = decode_save_state(self._profile.save_state, self._read_save_state())
+        reason = _shutdown_reason(image)
+        if reason is not None:
+            self._run.findings.append(Finding("rsm-shutdown", reason))
+            self._finish(StopReason.SHUTDOWN, f"RSM shut the CPU down: {reason}")
+            return 0
+        engine = self.engine
+        before = frame.entry_save_state
+        gprs = {name: image[name] for name in GPR_ORDER}
+        blob = context.rsm_blob(self.layout, engine.save_context(), frame.interrupted,
+                                gprs, image["rip"])
+        engine.restore_context(blob)
+        for name in ("cr4", "cr3", "cr0", "efer", "rflags", "dr6", "dr7"):
+            if image[name] != before[name]:
+                engine.set_reg(name, image[name])
+        engine.flush_tlb()
+        if image["smm_revision"] & _REVISION_SMBASE_RELOCATION:
+            self.smbase = image["smbase"]
+        frame.record.rsm = True
+        self._frame = None
+        self.in_smm = False
+        self.smram.close()
+        if self._smi_pending:
+            return self._enter_smm()
+        return image["rip"]
+
+    def _abandon_smi(self) -> None:
+        """Leave SMM after a terminal stop: back to the interrupted context, SMRAM closed."""
+        if self._frame is not None:
+            self.engine.restore_context(self._frame.interrupted)
+            self.engine.flush_tlb()
+            self._frame = None
+        self.in_smm = False
+        self._smi_pending = False
+        self.smram.close()
+
+    # -- exceptions in SMM ------------------------------------------------------
+    def _read_code(self, linear: int, size: int) -> bytes:
+        physical = self._linear_to_physical(linear)
+        if physical is None:
+            return b""
+        try:
+            return self._memory.read(physical, size, smm=True)
+        except Exception:  # noqa: BLE001 - any unreadable address simply has no bytes
+            return b""
+
+    def _linear_to_physical(self, linear: int) -> int | None:
+        cr0 = self.engine.reg("cr0")
+        if not cr0 & (1 << 31):
+            return linear & 0xFFFF_FFFF
+        cr3 = self.engine.reg("cr3")
+        return translate(lambda a, n: self._memory.read(a, n, smm=True), cr3, linear)
+
+    def _read_linear(self, linear: int, size: int) -> bytes:
+        physical = self._linear_to_physical(linear)
+        if physical is None:
+            raise GateError(f"linear address {linear:#x} is not mapped")
+        return self._memory.read(physical, size, smm=True)
+
+    def _deliver(self, vector: int, rip: int) -> None:
+        """Deliver ``vector`` through the MM core's IDT, as the CPU would."""
+        engine = self.engine
+        blob = engine.save_context()
+        try:
+            plan = plan_delivery(
+                self._read_linear, vector=vector, idtr=engine.table_reg("idtr")[1:3],
+                tss_base=engine.table_reg("tr")[1], rip=rip, cs=engine.reg("cs"),
+                rflags=engine.reg("rflags"), rsp=engine.reg("rsp"), ss=engine.reg("ss"),
+                error_code=context.error_code(self.layout, blob),
+            )
+            stack = self._linear_to_physical(plan.frame_address)
+            if stack is None:
+                raise GateError(f"exception stack {plan.frame_address:#x} is not mapped")
+        except GateError as err:
+            self._run.findings.append(Finding("smm-shutdown", f"vector {vector}: {err}"))
+            self._exception_stop = (StopReason.SHUTDOWN,
+                                    f"exception {vector} at rip {rip:#x} could not be "
+                                    f"delivered ({err}): the CPU shuts down")
+            engine.stop()
+            return
+        self._memory.write(stack, plan.frame, smm=True)
+        engine.restore_context(context.reset_old_exception(self.layout, blob))
+        engine.set_reg("rsp", plan.rsp)
+        engine.set_reg("rflags", plan.rflags)
+        engine.set_reg("rip", plan.handler)
+
+    # -- state ------------------------------------------------------------------
+    def registers(self) -> dict[str, int]:
+        """GPRs, RIP, RFLAGS and control registers of the CPU now."""
+        regs = context.read_gprs(self.layout, self.engine.save_context())
+        for name in ("rflags", "cr0", "cr3", "cr4", "efer"):
+            regs[name] = self.engine.reg(name)
+        return regs
+
+    def close(self) -> None:
+        """Stop the watchdog and release the engine."""
+        self._watchdog.close()
+        self.engine.close()
+
+
+def _shutdown_reason(image: dict[str, int]) -> str | None:
+    """The SDM's RSM consistency checks (SDM Vol. 3C, RSM; smm_semantics.md 3)."""
+    cr0, cr4, efer = image["cr0"], image["cr4"], image["efer"]
+    if cr0 & (1 << 31) and not cr0 & 1:
+        return f"CR0 {cr0:#x} has PG set with PE clear"
+    if cr0 & (1 << 29) and not cr0 & (1 << 30):
+        return f"CR0 {cr0:#x} has NW set with CD clear"
+    if cr4 & _CR4_RESERVED & 0xFFFF_FFFF_FFFF_FFFF:
+        return f"CR4 {cr4:#x} sets a reserved bit"
+    if efer & (1 << 10) and not (cr4 & (1 << 5) and cr0 & (1 << 31) and cr0 & 1
+                                 and efer & (1 << 8)):
+        return f"EFER {efer:#x} has LMA set without PAE, PG, PE and LME"
+    return None
+
+
+def u64(data: bytes, offset: int) -> int:
+    """Little-endian u64 at ``offset``."""
+    return int(struct.unpack_from("<Q", data, offset)[0])

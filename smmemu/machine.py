@@ -1,0 +1,326 @@
+"""The composition root: a Q35/ICH9-like machine with an MM core in TSEG.
+
+``Machine`` builds and wires the narrow components (physical memory, the port
+bus and ICH9 devices, the CPU with its SMRAM view, the non-SMM platform and
+the DXE-side communicator) and offers the public API. Nothing here is global:
+two Machines in one process share no state.
+
+Start-up mirrors a platform boot: the MM core image is copied into TSEG and
+the boot information (what an IPL passes in HOBs) is written next to it; the
+DXE-side platform code enables APMC SMIs in SMI_EN (patina's
+``PlatformMmControl::init``); then a first SMI lets the core initialise
+itself, as edk2's first SMI runs ``InitializeSmm``.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+from smmemu.chipset.bus import PortBus
+from smmemu.chipset.ich9 import PM_BLOCK_SIZE, ApmPorts, Ich9PmBlock
+from smmemu.cpu import Cpu
+from smmemu.disasm import Mode, disassemble
+from smmemu.dxe.communicator import CommunicateBuffer, MmCommunicator, TriggerOrder
+from smmemu.dxe.platform import DxePlatform
+from smmemu.errors import ConfigError, EngineError, ImageError, MachineClosedError
+from smmemu.firmware.image import MmCoreImage
+from smmemu.memory import PhysicalMemory, SmramAccess
+from smmemu.profiles import Profile, get_profile
+from smmemu.results import CommResult, FaultRecord, SmiResult, StopReason
+from smmemu.uefi.communicate import MmCommBuffer
+from smmemu.uefi.guids import parse_guid
+
+__all__ = ["Machine"]
+
+log = logging.getLogger(__name__)
+
+_BOOT_INFO_SIGNATURE = b"SMEMBOOT"
+_COMM_BUFFERS = (  # (id, address, pages, status address): 0 = supervisor, 1 = user
+    (0, 0x0010_0000, 4, 0x0011_0000),
+    (1, 0x0012_0000, 4, 0x0013_0000),
+)
+_FAULT_REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
+               "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+_REG_NAMES = frozenset({
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15",
+})
+
+
+class Machine:
+    """An emulated machine whose SMIs run a real MM core image in isolated SMRAM.
+
+    Args:
+        profile: platform profile name (``"q35"`` or ``"intel"``).
+        image: path of an MM core image (its ``.manifest.json`` beside it);
+            the bundled image when None.
+        budget: wall-clock seconds one guest run (a request and its SMIs) may take.
+        trigger_order: port order of the software SMI (patina or OVMF).
+
+    Raises:
+        ProfileError: unknown profile.
+        ImageError: unreadable or inconsistent image.
+        ConfigError: an invalid option value.
+    """
+
+    def __init__(self, profile: str = "q35", image: str | Path | None = None, *,
+                 budget: float = 2.0, trigger_order: str = "patina") -> None:
+        self.profile: Profile = get_profile(profile)
+        if not budget > 0:
+            raise ConfigError(f"budget must be positive, got {budget!r}", field="budget",
+                              value=budget)
+        try:
+            order = TriggerOrder(trigger_order)
+        except ValueError:
+            raise ConfigError(f"unknown trigger order {trigger_order!r} (patina or ovmf)",
+                              field="trigger_order", value=trigger_order) from None
+        self.image = MmCoreImage.load(image)
+        self._check_image_fits()
+        self.budget = budget
+        self._closed = False
+        p = self.profile
+        self._memory = PhysicalMemory(p.dram_size, p.tseg_base, p.tseg_size)
+        self.ports = PortBus()
+        self.pm = Ich9PmBlock(p, self._raise_smi)
+        self.apm = ApmPorts(p, self.pm)
+        self.ports.attach(0xB2, 2, self.apm, "ICH9 APM (APM_CNT, APM_STS)")
+        self.ports.attach(p.pmbase, PM_BLOCK_SIZE, self.pm, "ICH9 ACPI/PM (PMBASE)")
+        self._cpu = Cpu(0, p, self._memory, self.ports, self._decode_fault)
+        self._load_core()
+        self._dxe = DxePlatform(self._cpu, self._memory, p.pmbase)
+        buffers = [CommunicateBuffer(i, address, pages * 0x1000, status)
+                   for i, address, pages, status in _COMM_BUFFERS]
+        self._communicator = MmCommunicator(buffers, self, self, order=order)
+        self._boot()
+
+    # -- construction -----------------------------------------------------------
+    def _check_image_fits(self) -> None:
+        p = self.profile
+        entry = p.smbase + 0x8000
+        if self.image.load_address != entry:
+            raise ImageError(
+                f"{self.image.path} is linked at {self.image.load_address:#x}, but profile "
+                f"{p.name} enters SMM at SMBASE+0x8000 = {entry:#x}", path=str(self.image.path))
+        if self.image.end > p.smbase + p.save_state_offset - 0x100:
+            raise ImageError(f"{self.image.path} overlaps the save-state area",
+                             path=str(self.image.path))
+
+    def _load_core(self) -> None:
+        p = self.profile
+        self._memory.write(self.image.load_address, self.image.blob, smm=True)
+        self._cpu.engine.invalidate_code(self.image.load_address, self.image.end)
+        boot = bytearray(0x60)
+        boot[0:8] = _BOOT_INFO_SIGNATURE
+        struct.pack_into("<II", boot, 8, 1, len(_COMM_BUFFERS))
+        for index, address, pages, status in _COMM_BUFFERS:
+            record = MmCommBuffer(PhysicalStart=address, NumberOfPages=pages, Status=status)
+            boot[0x10 + index * 0x18:0x28 + index * 0x18] = record.to_bytes()
+        struct.pack_into("<QQQ", boot, 0x40, p.tseg_base, p.tseg_size, p.pmbase)
+        self._memory.write(self.image.symbols.get("boot_info", 0x0781_0000), bytes(boot), smm=True)
+
+    def _boot(self) -> None:
+        result = self._dxe.run("enable_smi", {}, budget=self.budget)
+        if result.stop is not StopReason.HALTED:
+            raise EngineError(f"platform SMI enable failed: {result.detail}")
+        result = self.software_smi(0x00)
+        if not result.ok:
+            raise ImageError(f"the MM core did not initialise: {result.stop.value} "
+                             f"{result.detail}", path=str(self.image.path))
+        log.debug("MM core initialised in %.1f ms", result.elapsed * 1e3)
+
+    # -- chipset -> CPU ----------------------------------------------------------
+    def _raise_smi(self) -> None:
+        self._cpu.raise_smi()
+
+    def _decode_fault(self) -> FaultRecord | None:
+        base = 0x0781_0200
+        raw = self._memory.read(base, 0xC8, smm=True)
+        values = struct.unpack("<25Q", raw)
+        if values[0] != 1:
+            return None
+        self._memory.write(base, bytes(8), smm=True)
+        vector, error, rip, cs, rflags, rsp, ss, cr2, cr3 = values[1:10]
+        registers = dict(zip(_FAULT_REGS, values[10:], strict=True))
+        registers["rsp"] = rsp
+        return FaultRecord(vector, error, rip, cs, rflags, rsp, ss, cr2, cr3, registers,
+                           self._disassemble(rip), self.symbolize(rip))
+
+    def _disassemble(self, rip: int, count: int = 4) -> tuple[str, ...]:
+        try:
+            code = self._memory.read(rip, 16 * count, smm=True)
+        except Exception:  # noqa: BLE001 - a fault RIP may point anywhere
+            return ()
+        return tuple(f"{i.address:#x}: {i.mnemonic} {i.op_str}".rstrip()
+                     for i in disassemble(code, rip, Mode.BITS64, count=count))
+
+    def symbolize(self, address: int) -> str | None:
+        """``symbol+offset`` for an address inside the MM core image."""
+        return self.image.symbolize(address)
+
+    # -- public API ---------------------------------------------------------------
+    def _alive(self) -> None:
+        if self._closed:
+            raise MachineClosedError("this Machine has been closed")
+
+    @property
+    def smram(self) -> list[tuple[int, int]]:
+        """SMRAM ranges as (base, size)."""
+        return [(self.profile.tseg_base, self.profile.tseg_size)]
+
+    def comm_buffer(self, buffer_id: int = 0) -> tuple[int, int]:
+        """Physical address and size of comm buffer ``buffer_id`` (0 supervisor, 1 user)."""
+        buffer = self._communicator.buffer(buffer_id)
+        return buffer.address, buffer.size
+
+    def comm_status(self, buffer_id: int = 0) -> int:
+        """Physical address of the MM_COMM_BUFFER_STATUS mailbox of ``buffer_id``."""
+        return self._communicator.buffer(buffer_id).status_address
+
+    def read_physical(self, address: int, size: int, *, smm: bool = False) -> bytes:
+        """Read physical memory; outside SMM, SMRAM reads as all-ones and is recorded."""
+        self._alive()
+        return self._memory.read(address, size, smm=smm)
+
+    def write_physical(self, address: int, data: bytes, *, smm: bool = False) -> None:
+        """Write physical memory; outside SMM, SMRAM writes are dropped and recorded."""
+        self._alive()
+        self._memory.write(address, bytes(data), smm=smm)
+        self._cpu.engine.invalidate_code(address, address + len(data))
+
+    @property
+    def smram_accesses(self) -> list[SmramAccess]:
+        """Every non-SMM access to SMRAM refused so far (guest and host)."""
+        return list(self._memory.findings)
+
+    def communicate(self, recipient: uuid.UUID | str, data: bytes, *,
+                    buffer_id: int = 0) -> CommResult:
+        """Send an MM communicate request through comm buffer ``buffer_id``.
+
+        Raises:
+            GuidError: malformed ``recipient``.
+            CommBufferError: unknown buffer, empty payload or payload too large.
+        """
+        self._alive()
+        guid = parse_guid(recipient)
+        before = len(self._memory.findings)
+        result = self._communicator.communicate(buffer_id, bytes(data), guid)
+        result.smi.smram_accesses.extend(self._memory.findings[before:])
+        return result
+
+    def software_smi(self, command: int, data: int = 0, *,
+                     regs: dict[str, int] | None = None) -> SmiResult:
+        """Raise a software SMI the way CHIPSEC does: ``out 0xB2, ax`` with chosen GPRs.
+
+        Raises:
+            ConfigError: a command or data byte out of range, or an unknown register.
+        """
+        self._alive()
+        for name, value in (("command", command), ("data", data)):
+            if not 0 <= value <= 0xFF:
+                raise ConfigError(f"{name} must be a byte, got {value:#x}", field=name,
+                                  value=value)
+        values = dict(regs or {})
+        unknown = sorted(set(values) - _REG_NAMES)
+        if unknown:
+            raise ConfigError(f"cannot set register(s) {', '.join(unknown)} "
+                              f"(allowed: {', '.join(sorted(_REG_NAMES))})",
+                              field="regs", value=unknown)
+        for name, value in values.items():
+            if not 0 <= value < 1 << 64:
+                raise ConfigError(f"{name}={value:#x} does not fit 64 bits", field=name,
+                                  value=value)
+        rax = values.get("rax", 0)
+        values["rax"] = (rax & ~0xFFFF) | (data << 8) | command
+        before = len(self._memory.findings)
+        result = self._dxe.run("raw_smi", values, budget=self.budget)
+        result.smram_accesses.extend(self._memory.findings[before:])
+        return result
+
+    def trigger_sw_mmi(self, command: int, data: int, order: TriggerOrder) -> SmiResult:
+        """The DXE shim's SMI trigger (:class:`smmemu.dxe.communicator.SwSmiTrigger`)."""
+        name = "trigger_patina" if order is TriggerOrder.PATINA else "trigger_ovmf"
+        return self._dxe.run(name, {"rcx": command, "rdx": data}, budget=self.budget)
+
+    def run_guest(self, code: bytes, *, address: int = 0x0002_0000,
+                  regs: dict[str, int] | None = None) -> SmiResult:
+        """Run ``code`` as non-SMM guest code at ``address`` until it executes ``hlt``.
+
+        For tests and experiments: the code runs in the non-SMM 64-bit context
+        and may raise SMIs, touch SMRAM, and so on.
+        """
+        self._alive()
+        self.write_physical(address, code)
+        for name, value in (regs or {}).items():
+            self._cpu.engine.set_reg(name, value)
+        before = len(self._memory.findings)
+        result = self._cpu.run(address, budget=self.budget)
+        result.smram_accesses.extend(self._memory.findings[before:])
+        return result
+
+    @property
+    def smi_count(self) -> int:
+        """SMIs taken since the Machine was built (the boot SMI included)."""
+        return self._cpu.smi_count
+
+    @property
+    def cpu(self) -> Cpu:
+        """The CPU (for the debugger and tests)."""
+        return self._cpu
+
+    def handler_table(self) -> list[tuple[uuid.UUID | None, int]]:
+        """The MM core's MMI handler table: (HandlerType GUID or None for root, handler)."""
+        table = self.image.symbols.get("handler_table", 0x0781_1000)
+        count = struct.unpack("<Q", self._memory.read(table, 8, smm=True))[0]
+        out: list[tuple[uuid.UUID | None, int]] = []
+        for index in range(min(count, 64)):
+            flags, handler, guid = struct.unpack(
+                "<QQ16s", self._memory.read(table + 0x10 + index * 0x20, 0x20, smm=True))
+            if flags & 1:
+                out.append((None if flags & 2 else uuid.UUID(bytes_le=guid), handler))
+        return out
+
+    def install_handler(self, code: bytes, guid: uuid.UUID | str | None = None) -> int:
+        """Copy ``code`` into the SMRAM heap and register it as an MMI handler.
+
+        The record is appended to the core's own table, so it is dispatched by
+        the same MmiManage as the built-in handlers. ``guid`` None registers a
+        root handler. Returns the handler's address.
+        """
+        self._alive()
+        heap = 0x0788_0000
+        table = 0x0781_1000
+        count, capacity = struct.unpack("<QQ", self._memory.read(table, 16, smm=True))
+        if count >= capacity:
+            raise ConfigError("the MMI handler table is full", field="handlers", value=count)
+        address = heap + count * 0x1000
+        if len(code) > 0x1000:
+            raise ConfigError("a handler may be at most 4 KiB here", field="code",
+                              value=len(code))
+        self._memory.write(address, code, smm=True)
+        self._cpu.engine.invalidate_code(address, address + len(code))
+        parsed = None if guid is None else parse_guid(guid)
+        flags = 3 if parsed is None else 1
+        guid_bytes = bytes(16) if parsed is None else parsed.bytes_le
+        self._memory.write(table + 0x10 + count * 0x20,
+                           struct.pack("<QQ16s", flags, address, guid_bytes), smm=True)
+        self._memory.write(table, struct.pack("<Q", count + 1), smm=True)
+        return address
+
+    # -- lifetime -------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the CPU and memory; the Machine cannot be used afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        self._cpu.close()
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
