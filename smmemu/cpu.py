@@ -134,12 +134,14 @@ class Cpu:
         memory: PhysicalMemory,
         ports: PortBus,
         fault_decoder: FaultDecoder,
+        on_abandon: Callable[[], None],
     ) -> None:
         self.index = index
         self._profile = profile
         self._memory = memory
         self._ports = ports
         self._fault_decoder = fault_decoder
+        self._on_abandon = on_abandon
         self.engine = Engine()
         self.layout = self.engine.layout
         self.engine.map_host(0, memory.smram_base, memory.dram.address)
@@ -216,7 +218,8 @@ class Cpu:
 
     def _on_protection_fault(self, kind: str, address: int, size: int, _value: int) -> bool:
         if not self.in_smm and self._memory.in_smram(address, size) and kind == "fetch":
-            self._memory.findings.append(SmramAccess("guest", "fetch", address, size, None, address))
+            self._memory.findings.append(
+                SmramAccess("guest", "fetch", address, size, None, address))
         return False
 
     # -- SMI signalling -------------------------------------------------------
@@ -247,12 +250,11 @@ class Cpu:
             self._watchdog.disarm()
         if self.in_smm:
             self._abandon_smi()
-        result = SmiResult(
+        return SmiResult(
             stop=self._run.stop, smis=self._run.smis, registers=self.registers(),
             findings=self._run.findings, detail=self._run.detail,
             elapsed=time.perf_counter() - started,
         )
-        return result
 
     def _segment(self, rip: int) -> int:
         """Run one ``emu_start`` segment and decide what follows; returns the next RIP."""
@@ -260,8 +262,12 @@ class Cpu:
         self._exception_stop = None
         try:
             self.engine.run(rip, self._until())
-        except RunFault as fault:
-            return self._on_run_fault(fault)
+        except RunFault as run_fault:
+            return self._on_run_fault(run_fault)
+        return self._after_segment()
+
+    def _after_segment(self) -> int:
+        """Decide what follows a segment that ended without a refused access."""
         if self._watchdog.expired:
             self._finish(StopReason.BUDGET_EXCEEDED, self._where("budget exceeded"))
             return 0
@@ -311,7 +317,8 @@ class Cpu:
             return 0
         mode = "SMM" if self.in_smm else "non-SMM"
         what = "unmapped" if fault.unmapped else "protected"
-        self._finish(StopReason.GUEST_FAULT, f"{mode} {fault.kind} of {what} memory at rip {rip:#x}")
+        self._finish(StopReason.GUEST_FAULT,
+                     f"{mode} {fault.kind} of {what} memory at rip {rip:#x}")
         return 0
 
     # -- SMM entry ------------------------------------------------------------
@@ -394,6 +401,7 @@ class Cpu:
         self.in_smm = False
         self._smi_pending = False
         self.smram.close()
+        self._on_abandon()
 
     # -- exceptions in SMM ------------------------------------------------------
     def _read_code(self, linear: int, size: int) -> bytes:
@@ -418,6 +426,12 @@ class Cpu:
             raise GateError(f"linear address {linear:#x} is not mapped")
         return self._memory.read(physical, size, smm=True)
 
+    def _stack_physical(self, linear: int) -> int:
+        physical = self._linear_to_physical(linear)
+        if physical is None:
+            raise GateError(f"exception stack {linear:#x} is not mapped")
+        return physical
+
     def _deliver(self, vector: int, rip: int) -> None:
         """Deliver ``vector`` through the MM core's IDT, as the CPU would."""
         engine = self.engine
@@ -429,9 +443,7 @@ class Cpu:
                 rflags=engine.reg("rflags"), rsp=engine.reg("rsp"), ss=engine.reg("ss"),
                 error_code=context.error_code(self.layout, blob),
             )
-            stack = self._linear_to_physical(plan.frame_address)
-            if stack is None:
-                raise GateError(f"exception stack {plan.frame_address:#x} is not mapped")
+            stack = self._stack_physical(plan.frame_address)
         except GateError as err:
             self._run.findings.append(Finding("smm-shutdown", f"vector {vector}: {err}"))
             self._exception_stop = (StopReason.SHUTDOWN,

@@ -23,9 +23,12 @@ import functools
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
-from unicorn import (
+from unicorn import unicorn_const as uc_const
+from unicorn import x86_const as x86
+from unicorn.unicorn import Uc, UcContext, UcError, uc_version
+from unicorn.unicorn_const import (
     UC_ARCH_X86,
     UC_HOOK_CODE,
     UC_HOOK_INSN,
@@ -41,12 +44,7 @@ from unicorn import (
     UC_PROT_NONE,
     UC_PROT_READ,
     UC_PROT_WRITE,
-    Uc,
-    UcError,
 )
-from unicorn import unicorn_const as uc_const
-from unicorn import x86_const as x86
-from unicorn.unicorn import UcContext
 
 from smmemu.errors import EngineError
 
@@ -75,7 +73,7 @@ class Prot(enum.IntFlag):
     ALL = UC_PROT_ALL
 
 
-class RunFault(EngineError):
+class RunFault(EngineError):  # noqa: N818 - a stop reason, named as the engine reports it
     """``emu_start`` stopped on an access the host refused (protection or unmapped memory).
 
     Attributes:
@@ -160,7 +158,7 @@ class ContextLayout:
     SEGMENT_CACHE_SIZE = 24
 
     def seg(self, name: str) -> int:
-        """Offset of a segment or system-table cache (``es``..``gs``, ``ldt``, ``tr``, ``gdt``, ``idt``)."""
+        """Offset of a segment cache: ``es``..``gs``, ``ldt``, ``tr``, ``gdt`` or ``idt``."""
         if name in SEGMENT_ORDER:
             return self.segs + SEGMENT_ORDER.index(name) * self.SEGMENT_CACHE_SIZE
         return int(getattr(self, name))
@@ -288,7 +286,8 @@ def _locate_exception_fields(layout: ContextLayout) -> tuple[int, int]:
         raise EngineError(f"page-fault calibration raised vectors {vectors}, expected [14]")
     old_exception = error_code = -1
     for offset in range(layout.efer + 8, len(after) - 4, 4):
-        was, now = struct.unpack_from("<iI", before, offset)[0], struct.unpack_from("<I", after, offset)[0]
+        was = struct.unpack_from("<i", before, offset)[0]
+        now = struct.unpack_from("<I", after, offset)[0]
         if old_exception < 0 and was == -1 and now == 14:
             old_exception = offset
         elif error_code < 0 and struct.unpack_from("<I", before, offset)[0] == 0 and now == 3:
@@ -299,9 +298,7 @@ def _locate_exception_fields(layout: ContextLayout) -> tuple[int, int]:
 
 
 def unicorn_version() -> str:
-    """The installed Unicorn core version as ``major.minor.patch``."""
-    from unicorn import uc_version  # noqa: PLC0415 - keeps the public surface small
-
+    """The installed Unicorn core version as ``major.minor``."""
     major, minor, _ = uc_version()
     return f"{major}.{minor}"
 
@@ -377,7 +374,7 @@ class Engine:
         if name == "efer":
             return int(self._uc.msr_read(MSR_EFER))
         value = self._uc.reg_read(_REGS[name])
-        return int(value)  # type: ignore[arg-type]
+        return int(value)
 
     def set_reg(self, name: str, value: int) -> None:
         """Write one register by smmemu name."""
@@ -389,7 +386,8 @@ class Engine:
     def table_reg(self, name: str) -> tuple[int, int, int, int]:
         """Read ``gdtr``/``idtr``/``ldtr``/``tr`` as (selector, base, limit, flags)."""
         value = self._uc.reg_read(_TABLE_REGS[name])
-        return tuple(int(v) for v in value)  # type: ignore[union-attr, return-value]
+        selector, base, limit, flags = value
+        return int(selector), int(base), int(limit), int(flags)
 
     def set_table_reg(self, name: str, selector: int, base: int, limit: int, flags: int) -> None:
         """Write ``gdtr``/``idtr``/``ldtr``/``tr`` including the hidden part."""
@@ -534,6 +532,3 @@ class Engine:
         for handle in self._hooks:
             self._uc.hook_del(handle)
         self._hooks.clear()
-        release: Any = getattr(self._uc, "release_handle", None)
-        if callable(release):
-            release()

@@ -25,7 +25,7 @@ from smmemu.chipset.ich9 import PM_BLOCK_SIZE, ApmPorts, Ich9PmBlock
 from smmemu.cpu import Cpu
 from smmemu.disasm import Mode, disassemble
 from smmemu.dxe.communicator import CommunicateBuffer, MmCommunicator, TriggerOrder
-from smmemu.dxe.platform import DxePlatform
+from smmemu.dxe.platform import DxePlatform, Trampoline
 from smmemu.errors import ConfigError, EngineError, ImageError, MachineClosedError
 from smmemu.firmware.image import MmCoreImage
 from smmemu.memory import PhysicalMemory, SmramAccess
@@ -89,7 +89,8 @@ class Machine:
         self.apm = ApmPorts(p, self.pm)
         self.ports.attach(0xB2, 2, self.apm, "ICH9 APM (APM_CNT, APM_STS)")
         self.ports.attach(p.pmbase, PM_BLOCK_SIZE, self.pm, "ICH9 ACPI/PM (PMBASE)")
-        self._cpu = Cpu(0, p, self._memory, self.ports, self._decode_fault)
+        self._cpu = Cpu(0, p, self._memory, self.ports, self._decode_fault,
+                        self.pm.recover_line)
         self._load_core()
         self._dxe = DxePlatform(self._cpu, self._memory, p.pmbase)
         buffers = [CommunicateBuffer(i, address, pages * 0x1000, status)
@@ -105,6 +106,10 @@ class Machine:
             raise ImageError(
                 f"{self.image.path} is linked at {self.image.load_address:#x}, but profile "
                 f"{p.name} enters SMM at SMBASE+0x8000 = {entry:#x}", path=str(self.image.path))
+        if self.image.constants["TSEG_BASE"] != p.tseg_base:
+            raise ImageError(
+                f"{self.image.path} expects TSEG at {self.image.constants['TSEG_BASE']:#x}, "
+                f"profile {p.name} has it at {p.tseg_base:#x}", path=str(self.image.path))
         if self.image.end > p.smbase + p.save_state_offset - 0x100:
             raise ImageError(f"{self.image.path} overlaps the save-state area",
                              path=str(self.image.path))
@@ -120,7 +125,7 @@ class Machine:
             record = MmCommBuffer(PhysicalStart=address, NumberOfPages=pages, Status=status)
             boot[0x10 + index * 0x18:0x28 + index * 0x18] = record.to_bytes()
         struct.pack_into("<QQQ", boot, 0x40, p.tseg_base, p.tseg_size, p.pmbase)
-        self._memory.write(self.image.symbols.get("boot_info", 0x0781_0000), bytes(boot), smm=True)
+        self._memory.write(self.image.constants["BOOT_INFO"], bytes(boot), smm=True)
 
     def _boot(self) -> None:
         result = self._dxe.run("enable_smi", {}, budget=self.budget)
@@ -137,7 +142,7 @@ class Machine:
         self._cpu.raise_smi()
 
     def _decode_fault(self) -> FaultRecord | None:
-        base = 0x0781_0200
+        base = self.image.constants["FAULT_RECORD"]
         raw = self._memory.read(base, 0xC8, smm=True)
         values = struct.unpack("<25Q", raw)
         if values[0] != 1:
@@ -261,6 +266,10 @@ class Machine:
         result.smram_accesses.extend(self._memory.findings[before:])
         return result
 
+    def dxe_trampolines(self) -> tuple[Trampoline, ...]:
+        """The non-SMM guest code the shim runs (bytes and their assembly)."""
+        return self._dxe.trampolines
+
     @property
     def smi_count(self) -> int:
         """SMIs taken since the Machine was built (the boot SMI included)."""
@@ -273,8 +282,8 @@ class Machine:
 
     def handler_table(self) -> list[tuple[uuid.UUID | None, int]]:
         """The MM core's MMI handler table: (HandlerType GUID or None for root, handler)."""
-        table = self.image.symbols.get("handler_table", 0x0781_1000)
-        count = struct.unpack("<Q", self._memory.read(table, 8, smm=True))[0]
+        table = self.image.constants["HANDLER_TABLE"]
+        count = int(struct.unpack("<Q", self._memory.read(table, 8, smm=True))[0])
         out: list[tuple[uuid.UUID | None, int]] = []
         for index in range(min(count, 64)):
             flags, handler, guid = struct.unpack(
@@ -291,9 +300,10 @@ class Machine:
         root handler. Returns the handler's address.
         """
         self._alive()
-        heap = 0x0788_0000
-        table = 0x0781_1000
-        count, capacity = struct.unpack("<QQ", self._memory.read(table, 16, smm=True))
+        heap = self.image.constants["MM_HEAP"]
+        table = self.image.constants["HANDLER_TABLE"]
+        count, capacity = (int(v) for v in
+                           struct.unpack("<QQ", self._memory.read(table, 16, smm=True)))
         if count >= capacity:
             raise ConfigError("the MMI handler table is full", field="handlers", value=count)
         address = heap + count * 0x1000

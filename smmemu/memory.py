@@ -100,7 +100,8 @@ class PhysicalMemory:
         """Split [address, address+size) into (address, size, is_smram) pieces."""
         pieces = []
         cursor, end = address, address + size
-        for lo, hi, is_smram in ((0, self.smram_base, False), (self.smram_base, self.smram_end, True)):
+        ranges = ((0, self.smram_base, False), (self.smram_base, self.smram_end, True))
+        for lo, hi, is_smram in ranges:
             start, stop = max(cursor, lo), min(end, hi)
             if start < stop:
                 pieces.append((start, stop - start, is_smram))

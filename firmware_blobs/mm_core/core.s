@@ -128,16 +128,8 @@ core_main_root:
     xor r8d, r8d
     xor r9d, r9d
     call mmi_manage
-    # Clear the status bits that were seen, then set EOS as the last act.
-    mov rdx, qword ptr [r12 + BI_PMBASE]
-    add edx, 0x34
-    mov eax, r13d
-    out dx, eax
-    mov rdx, qword ptr [r12 + BI_PMBASE]
-    add edx, 0x30
-    in eax, dx
-    or eax, 0x2
-    out dx, eax
+    mov ecx, r13d
+    call end_of_smi
     add rsp, 0x30
     pop r14
     pop r13
@@ -261,4 +253,21 @@ zero_bytes:
     mov rcx, rdx
     and rcx, 0x7
     rep stosb
+    ret
+
+# ecx = the SMI_STS bits this SMI serviced. Clear them (write 1 to clear on
+# hardware; QEMU ignores the write), then set EOS in SMI_EN as the last act
+# before RSM, as coreboot's southbridge_smi_set_eos does (reference/
+# smm_semantics.md 5.2): with EOS clear the chipset raises no further SMI.
+end_of_smi:
+    mov r8, BOOT_INFO
+    mov rdx, qword ptr [r8 + BI_PMBASE]
+    add edx, 0x34
+    mov eax, ecx
+    out dx, eax
+    mov rdx, qword ptr [r8 + BI_PMBASE]
+    add edx, 0x30
+    in eax, dx
+    or eax, 0x2
+    out dx, eax
     ret

@@ -98,6 +98,12 @@ lm64_entry:
     jne lm64_dispatch
     # First SMI: initialise only, as edk2's SmiRendezvous runs InitializeSmm.
     call core_init
+    mov rdx, BOOT_INFO
+    mov rdx, qword ptr [rdx + BI_PMBASE]
+    add edx, 0x34
+    in eax, dx
+    mov ecx, eax
+    call end_of_smi
     jmp lm64_leave
 lm64_dispatch:
     call core_main

@@ -27,6 +27,10 @@
 .equ STACK_TOP,        0x07840000
 .equ COMM_COPY,        0x07840000
 .equ COMM_COPY_SIZE,   0x00020000
+# SMRAM heap for images and handlers the host loads (up to the last page, which
+# the emulator keeps free).
+.equ MM_HEAP,          0x07880000
+.equ MM_HEAP_END,      0x07fff000
 
 # BOOT_INFO fields
 .equ BI_BUFFERS,       0x10

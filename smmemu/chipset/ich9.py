@@ -94,6 +94,16 @@ class Ich9PmBlock:
         self._raise_smi()
         return True
 
+    def recover_line(self) -> None:
+        """Free SMI# after an SMI the emulator abandoned (the handler never set EOS).
+
+        Real hardware would stay hung; the emulator frees the line so that the
+        Machine stays usable, and latches nothing new.
+        """
+        self._line_free = True
+        if self._profile.eos_gating:
+            self.smi_en |= SmiEn.EOS
+
     def _on_eos_set(self) -> None:
         self._line_free = True
         pending = (self.smi_sts & SmiSts.APM_STS and self.smi_en & SmiEn.APMC_EN)

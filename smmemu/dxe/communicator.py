@@ -159,7 +159,7 @@ class MmCommunicator:
         )
 
     def _header_problem(self, buffer: CommunicateBuffer) -> str | None:
-        """patina's ``verify_state_consistency``: the header must match the shadow copies."""
+        """Patina's ``verify_state_consistency``: the header must match the shadow copies."""
         raw = self._memory.read_physical(buffer.address, COMM_HEADER_SIZE)
         guid = uuid.UUID(bytes_le=raw[:16])
         length = int.from_bytes(raw[16:24], "little")

@@ -30,6 +30,10 @@ _REQUIRED_SYMBOLS = (
     "mmi_handler_register",
     "isr_dead_loop",
 )
+_REQUIRED_CONSTANTS = (
+    "TSEG_BASE", "BOOT_INFO", "CORE_STATE", "FAULT_RECORD", "HANDLER_TABLE", "MM_HEAP",
+    "MM_HEAP_END",
+)
 _CORE_INFO_SIGNATURE = b"SMEMCORE"
 
 
@@ -50,6 +54,7 @@ class MmCoreImage:
     blob: bytes
     load_address: int
     symbols: dict[str, int]
+    constants: dict[str, int]
     manifest: dict[str, Any]
 
     @classmethod
@@ -92,6 +97,7 @@ class MmCoreImage:
             size = int(manifest["size"])
             digest = str(manifest["sha256"])
             symbols = {name: int(value, 16) for name, value in manifest["symbols"].items()}
+            constants = {name: int(value, 16) for name, value in manifest["constants"].items()}
         except (KeyError, TypeError, ValueError) as err:
             raise ImageError(
                 f"image manifest for {path} lacks or mangles {err}", path=str(path)
@@ -108,7 +114,16 @@ class MmCoreImage:
         missing = [name for name in _REQUIRED_SYMBOLS if name not in symbols]
         if missing:
             raise ImageError(f"{path} lacks required symbols: {', '.join(missing)}", path=str(path))
-        image = cls(path, blob, load_address, symbols, manifest)
+        outside = sorted(name for name, address in symbols.items()
+                         if not load_address <= address <= load_address + size)
+        if outside:
+            raise ImageError(f"{path}: manifest symbols outside the image: "
+                             f"{', '.join(outside[:5])}", path=str(path))
+        missing = [name for name in _REQUIRED_CONSTANTS if name not in constants]
+        if missing:
+            raise ImageError(f"{path} lacks required layout constants: {', '.join(missing)}",
+                             path=str(path))
+        image = cls(path, blob, load_address, symbols, constants, manifest)
         if image.blob[image.offset("core_info") :][:8] != _CORE_INFO_SIGNATURE:
             raise ImageError(f"{path}: core_info does not start with 'SMEMCORE'", path=str(path))
         return image

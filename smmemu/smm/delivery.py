@@ -32,7 +32,7 @@ def translate(read: ReadPhys, cr3: int, linear: int) -> int | None:
     table = cr3 & 0x000F_FFFF_FFFF_F000
     for level, shift in enumerate((39, 30, 21, 12)):
         index = (linear >> shift) & 0x1FF
-        entry = struct.unpack("<Q", read(table + index * 8, 8))[0]
+        entry = int(struct.unpack("<Q", read(table + index * 8, 8))[0])
         if not entry & 1:
             return None
         frame = entry & 0x000F_FFFF_FFFF_F000

@@ -101,7 +101,7 @@ SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs")
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """A segment register with its hidden part, flags as QEMU caches them (descriptor high dword)."""
+    """A segment register with its hidden part; ``flags`` is QEMU's cached descriptor high dword."""
 
     selector: int
     base: int
@@ -186,7 +186,8 @@ def _encode_amd64(snap: CpuSnapshot, smbase: int, revision: int, io: IoTrap | No
     for name in GPRS:
         setattr(m, name.upper(), regs[name])
     if io is not None:
-        # AMD IO_DWord: bit 0 IN, bit 1 valid, bit 4/5 byte/word, port in 31:16 (edk2 AmdMmSaveState.c).
+        # AMD IO_DWord: bit 0 IN, bit 1 valid, bits 4/5 byte/word, port in 31:16
+        # (edk2 UefiCpuPkg/Library/MmSaveStateLib/AmdMmSaveState.c).
         width_bit = {1: 1 << 4, 2: 1 << 5}.get(io.size, 0)
         m.IO_DWord = (io.port << 16) | width_bit | (1 << 1) | int(io.is_in)
         m.IO_RIP = io.rip
