@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check smmemu tests bench
+	$(BIN)/ruff check smmemu tests $(wildcard bench)
 
 type: $(STAMP)
 	$(BIN)/mypy
