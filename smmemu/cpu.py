@@ -33,7 +33,14 @@ from smmemu.profiles import Profile
 from smmemu.results import FaultRecord, Finding, SmiRecord, SmiResult, StopReason
 from smmemu.smm import context
 from smmemu.smm.delivery import GateError, plan_delivery, translate
-from smmemu.smm.savestate import IoTrap, decode_save_state, encode_save_state, map_size
+from smmemu.smm.savestate import (
+    CpuSnapshot,
+    IoTrap,
+    RestoreImage,
+    map_size,
+    read_restore_image,
+    write_save_state,
+)
 from smmemu.smm.smram import SmramView
 
 __all__ = ["Cpu", "FaultDecoder"]
@@ -111,7 +118,7 @@ class _SmiFrame:
 
     record: SmiRecord
     interrupted: bytes
-    entry_save_state: dict[str, int]
+    entry_image: RestoreImage
 
 
 @dataclass(slots=True)
@@ -227,14 +234,8 @@ class Cpu:
         """SMI# asserted for this CPU: taken at the next instruction boundary (or after RSM)."""
         if self._last_io is not None and not self.in_smm:
             port, size, is_in = self._last_io
-            self._io_trap = IoTrap(port, size, is_in, self._uses_dx(self._last_insn),
-                                   self._last_insn)
+            self._io_trap = IoTrap(port, size, is_in, False, self._last_insn)
         self._smi_pending = True
-
-    def _uses_dx(self, rip: int) -> bool:
-        code = self._read_code(rip, 2)
-        opcode = code[1] if code[:1] == b"\x66" else code[0]
-        return opcode in (0xEC, 0xED, 0xEE, 0xEF)
 
     # -- running --------------------------------------------------------------
     def run(self, rip: int, *, budget: float) -> SmiResult:
@@ -329,36 +330,44 @@ class Cpu:
             self._templates[smbase] = template
         return template
 
-    def _save_state_address(self) -> int:
-        return self.smbase + self._profile.save_state_offset
-
-    def _read_save_state(self) -> bytes:
-        size = map_size(self._profile.save_state)
-        return self._memory.read(self._save_state_address(), size, smm=True)
+    def _save_state_offset(self) -> int:
+        """Offset of this CPU's save-state map inside the SMRAM host buffer."""
+        return self.smbase + self._profile.save_state_offset - self._memory.smram_base
 
     def _enter_smm(self) -> int:
         engine = self.engine
         self._smi_pending = False
         interrupted = engine.save_context()
-        snap = context.snapshot(self.layout, interrupted, rflags=engine.reg("rflags"),
-                                efer=engine.reg("efer"))
-        raw = encode_save_state(self._profile.save_state, snap, smbase=self.smbase,
-                                revision=self._profile.smm_revision, io=self._io_trap,
-                                previous=self._read_save_state())
+        snap = context.snapshot(self.layout, interrupted, rflags=engine.reg("rflags"))
+        io = self._io_trap_for(snap) if self._io_trap is not None else None
         self._io_trap = None
-        self._memory.write(self._save_state_address(), raw, smm=True)
-        save_state = decode_save_state(self._profile.save_state, raw)
-        record = SmiRecord(index=self.smi_count, smbase=self.smbase, save_state=save_state)
+        view, offset = self._memory.smram.view, self._save_state_offset()
+        kind = self._profile.save_state
+        write_save_state(kind, view, offset, snap, smbase=self.smbase,
+                         revision=self._profile.smm_revision, io=io)
+        raw = bytes(view[offset:offset + map_size(kind)])
+        record = SmiRecord(index=self.smi_count, smbase=self.smbase, kind=kind,
+                           raw_save_state=raw)
         self._run.smis.append(record)
-        self._frame = _SmiFrame(record, interrupted, save_state)
+        self._frame = _SmiFrame(record, interrupted, read_restore_image(kind, raw, 0))
         self.smi_count += 1
         engine.restore_context(context.entry_blob(self.layout, interrupted,
                                                   self._template(self.smbase)))
-        engine.set_reg("cr0", snap.regs["cr0"] & ~_CR0_ENTRY_CLEAR & 0xFFFF_FFFF)
+        engine.set_reg("cr0", snap.cr0 & ~_CR0_ENTRY_CLEAR & 0xFFFF_FFFF)
         engine.flush_tlb()
         self.smram.open()
         self.in_smm = True
         return 0x8000
+
+    def _io_trap_for(self, snap: CpuSnapshot) -> IoTrap | None:
+        """Complete the pending I/O trap: was the OUT/IN the DX or the immediate form?"""
+        trap = self._io_trap
+        if trap is None:
+            return None
+        code = self._read_code_paged(trap.rip, 2, snap.cr0, snap.cr3)
+        opcode = code[1] if code[:1] == b"\x66" else (code[0] if code else 0)
+        return IoTrap(trap.port, trap.size, trap.is_in, opcode in (0xEC, 0xED, 0xEE, 0xEF),
+                      trap.rip)
 
     # -- RSM ------------------------------------------------------------------
     def _rsm(self) -> int:
@@ -366,31 +375,31 @@ class Cpu:
         if frame is None:
             self._finish(StopReason.SHUTDOWN, "RSM without an SMI frame")
             return 0
-        image = decode_save_state(self._profile.save_state, self._read_save_state())
+        image = read_restore_image(self._profile.save_state, self._memory.smram.view,
+                                   self._save_state_offset())
         reason = _shutdown_reason(image)
         if reason is not None:
             self._run.findings.append(Finding("rsm-shutdown", reason))
             self._finish(StopReason.SHUTDOWN, f"RSM shut the CPU down: {reason}")
             return 0
         engine = self.engine
-        before = frame.entry_save_state
-        gprs = {name: image[name] for name in GPR_ORDER}
-        blob = context.rsm_blob(self.layout, engine.save_context(), frame.interrupted,
-                                gprs, image["rip"])
-        engine.restore_context(blob)
+        before = frame.entry_image
+        engine.restore_context(context.rsm_blob(self.layout, engine.save_context(),
+                                                frame.interrupted, image.gprs, image.rip))
         for name in ("cr4", "cr3", "cr0", "efer", "rflags", "dr6", "dr7"):
-            if image[name] != before[name]:
-                engine.set_reg(name, image[name])
+            value = getattr(image, name)
+            if value != getattr(before, name):
+                engine.set_reg(name, value)
         engine.flush_tlb()
-        if image["smm_revision"] & _REVISION_SMBASE_RELOCATION:
-            self.smbase = image["smbase"]
+        if image.revision & _REVISION_SMBASE_RELOCATION:
+            self.smbase = image.smbase
         frame.record.rsm = True
         self._frame = None
         self.in_smm = False
         self.smram.close()
         if self._smi_pending:
             return self._enter_smm()
-        return image["rip"]
+        return image.rip
 
     def _abandon_smi(self) -> None:
         """Leave SMM after a terminal stop: back to the interrupted context, SMRAM closed."""
@@ -414,11 +423,21 @@ class Cpu:
             return b""
 
     def _linear_to_physical(self, linear: int) -> int | None:
-        cr0 = self.engine.reg("cr0")
+        return self._translate(linear, self.engine.reg("cr0"), self.engine.reg("cr3"))
+
+    def _translate(self, linear: int, cr0: int, cr3: int) -> int | None:
         if not cr0 & (1 << 31):
             return linear & 0xFFFF_FFFF
-        cr3 = self.engine.reg("cr3")
         return translate(lambda a, n: self._memory.read(a, n, smm=True), cr3, linear)
+
+    def _read_code_paged(self, linear: int, size: int, cr0: int, cr3: int) -> bytes:
+        physical = self._translate(linear, cr0, cr3)
+        if physical is None:
+            return b""
+        try:
+            return self._memory.read(physical, size, smm=True)
+        except Exception:  # noqa: BLE001 - any unreadable address simply has no bytes
+            return b""
 
     def _read_linear(self, linear: int, size: int) -> bytes:
         physical = self._linear_to_physical(linear)
@@ -459,10 +478,9 @@ class Cpu:
 
     # -- state ------------------------------------------------------------------
     def registers(self) -> dict[str, int]:
-        """GPRs, RIP, RFLAGS and control registers of the CPU now."""
-        regs = context.read_gprs(self.layout, self.engine.save_context())
-        for name in ("rflags", "cr0", "cr3", "cr4", "efer"):
-            regs[name] = self.engine.reg(name)
+        """GPRs, RIP, RFLAGS, CR0, CR3, CR4 and EFER of the CPU now."""
+        regs = context.read_registers(self.layout, self.engine.save_context())
+        regs["rflags"] = self.engine.reg("rflags")
         return regs
 
     def close(self) -> None:
@@ -471,9 +489,9 @@ class Cpu:
         self.engine.close()
 
 
-def _shutdown_reason(image: dict[str, int]) -> str | None:
+def _shutdown_reason(image: RestoreImage) -> str | None:
     """The SDM's RSM consistency checks (SDM Vol. 3C, RSM; smm_semantics.md 3)."""
-    cr0, cr4, efer = image["cr0"], image["cr4"], image["efer"]
+    cr0, cr4, efer = image.cr0, image.cr4, image.efer
     if cr0 & (1 << 31) and not cr0 & 1:
         return f"CR0 {cr0:#x} has PG set with PE clear"
     if cr0 & (1 << 29) and not cr0 & (1 << 30):

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smmemu.memory import SmramAccess
+from smmemu.profiles import SaveStateKind
+from smmemu.smm.savestate import decode_save_state
 
 __all__ = ["CommResult", "FaultRecord", "Finding", "SmiRecord", "SmiResult", "StopReason"]
 
@@ -90,15 +92,27 @@ class Finding:
 
 @dataclass(slots=True)
 class SmiRecord:
-    """One SMI from entry to RSM (or to the stop that ended it)."""
+    """One SMI from entry to RSM (or to the stop that ended it).
+
+    The save-state map is kept as the bytes the CPU wrote and decoded on first use.
+    """
 
     index: int
     smbase: int
-    save_state: dict[str, int]
+    kind: SaveStateKind
+    raw_save_state: bytes
     rsm: bool = False
     stop: StopReason | None = None
     fault: FaultRecord | None = None
     detail: str = ""
+    _decoded: dict[str, int] | None = None
+
+    @property
+    def save_state(self) -> dict[str, int]:
+        """The save-state map at entry, as lower-case names (``rax``, ``rip``, ``smbase``...)."""
+        if self._decoded is None:
+            self._decoded = decode_save_state(self.kind, self.raw_save_state)
+        return dict(self._decoded)
 
 
 @dataclass(slots=True)

@@ -40,29 +40,28 @@ def _write_segment(layout: ContextLayout, blob: bytearray, name: str, seg: Segme
     _SEG.pack_into(blob, layout.seg(name), seg.selector, seg.base, seg.limit, seg.flags)
 
 
-def _u64(blob: bytes | bytearray, offset: int) -> int:
-    return int(struct.unpack_from("<Q", blob, offset)[0])
+_GPRS = struct.Struct("<16Q")
+_CACHES = struct.Struct("<" + "I4xQII" * 10)
+_Q = struct.Struct("<Q")
 
 
-def snapshot(layout: ContextLayout, blob: bytes, *, rflags: int, efer: int) -> CpuSnapshot:
-    """The interrupted state as the save-state encoder needs it.
+def snapshot(layout: ContextLayout, blob: bytes, *, rflags: int) -> CpuSnapshot:
+    """The interrupted state as the save-state writer needs it.
 
     ``rflags`` must come from the register API: QEMU keeps the arithmetic flags
-    lazily outside the EFLAGS field.
+    lazily outside the EFLAGS field. The ten segment and table caches (ES..GS,
+    LDTR, TR, GDTR, IDTR) are contiguous in CPUX86State.
     """
-    regs = {name: _u64(blob, layout.gpr(name)) for name in GPR_ORDER}
-    regs.update(
-        rip=_u64(blob, layout.eip), rflags=rflags, efer=efer,
-        cr0=_u64(blob, layout.cr_offset(0)), cr3=_u64(blob, layout.cr_offset(3)),
-        cr4=_u64(blob, layout.cr_offset(4)), dr6=_u64(blob, layout.dr_offset(6)),
-        dr7=_u64(blob, layout.dr_offset(7)),
-    )
-    gdt, idt = _read_segment(layout, blob, "gdt"), _read_segment(layout, blob, "idt")
+    flat = _CACHES.unpack_from(blob, layout.segs)
+    caches = tuple((flat[i] & 0xFFFF, flat[i + 1], flat[i + 2], flat[i + 3])
+                   for i in range(0, 40, 4))
+    cr = layout.cr
     return CpuSnapshot(
-        regs=regs,
-        segments={name: _read_segment(layout, blob, name) for name in SEGMENT_ORDER},
-        gdtr=(gdt.base, gdt.limit), idtr=(idt.base, idt.limit),
-        ldtr=_read_segment(layout, blob, "ldt"), tr=_read_segment(layout, blob, "tr"),
+        gprs=_GPRS.unpack_from(blob, layout.regs), rip=_Q.unpack_from(blob, layout.eip)[0],
+        rflags=rflags, cr0=_Q.unpack_from(blob, cr)[0], cr3=_Q.unpack_from(blob, cr + 24)[0],
+        cr4=_Q.unpack_from(blob, cr + 32)[0], efer=_Q.unpack_from(blob, layout.efer)[0],
+        dr6=_Q.unpack_from(blob, layout.dr_offset(6))[0],
+        dr7=_Q.unpack_from(blob, layout.dr_offset(7))[0], caches=caches,
     )
 
 
@@ -101,7 +100,7 @@ def entry_blob(layout: ContextLayout, interrupted: bytes, template: bytes) -> by
 
 
 def rsm_blob(layout: ContextLayout, current: bytes, interrupted: bytes,
-             gprs: dict[str, int], rip: int) -> bytearray:
+             gprs: tuple[int, ...], rip: int) -> bytearray:
     """The context RSM returns to: ``interrupted`` where RSM restores state, ``current`` elsewhere.
 
     ``gprs`` and ``rip`` are the values RSM reads from the save-state map.
@@ -113,16 +112,18 @@ def rsm_blob(layout: ContextLayout, current: bytes, interrupted: bytes,
     _copy(blob, interrupted, layout.cr_offset(3), layout.cr_offset(5))
     _copy(blob, interrupted, layout.efer, layout.efer + 8)
     _copy(blob, interrupted, layout.dr_offset(6), layout.dr_offset(8))
-    for name, value in gprs.items():
-        struct.pack_into("<Q", blob, layout.gpr(name), value & 0xFFFF_FFFF_FFFF_FFFF)
-    struct.pack_into("<Q", blob, layout.eip, rip & 0xFFFF_FFFF_FFFF_FFFF)
+    _GPRS.pack_into(blob, layout.regs, *gprs)
+    _Q.pack_into(blob, layout.eip, rip & 0xFFFF_FFFF_FFFF_FFFF)
     return blob
 
 
-def read_gprs(layout: ContextLayout, blob: bytes) -> dict[str, int]:
-    """All sixteen GPRs and RIP from a blob."""
-    regs = {name: _u64(blob, layout.gpr(name)) for name in GPR_ORDER}
-    regs["rip"] = _u64(blob, layout.eip)
+def read_registers(layout: ContextLayout, blob: bytes) -> dict[str, int]:
+    """GPRs, RIP, CR0, CR3, CR4 and EFER from a blob (RFLAGS needs the register API)."""
+    regs = dict(zip(GPR_ORDER, _GPRS.unpack_from(blob, layout.regs), strict=True))
+    regs["rip"] = _Q.unpack_from(blob, layout.eip)[0]
+    for name, offset in (("cr0", layout.cr), ("cr3", layout.cr + 24), ("cr4", layout.cr + 32),
+                         ("efer", layout.efer)):
+        regs[name] = _Q.unpack_from(blob, offset)[0]
     return regs
 
 

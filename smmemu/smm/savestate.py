@@ -22,8 +22,8 @@ Segment attributes in the AMD64 map use QEMU's encoding
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import struct
+from dataclasses import dataclass
 
 from smmemu.profiles import SaveStateKind
 from smmemu.structs import LeStruct
@@ -35,8 +35,10 @@ __all__ = [
     "IoTrap",
     "Segment",
     "attributes_from_flags",
+    "RestoreImage",
     "decode_save_state",
-    "encode_save_state",
+    "read_restore_image",
+    "write_save_state",
     "flags_from_attributes",
     "map_size",
 ]
@@ -122,14 +124,44 @@ class IoTrap:
 
 @dataclass(frozen=True, slots=True)
 class CpuSnapshot:
-    """The interrupted CPU state the save-state map is written from."""
+    """The interrupted CPU state the save-state map is written from.
 
-    regs: Mapping[str, int]
-    segments: Mapping[str, Segment]
-    gdtr: tuple[int, int] = (0, 0)
-    idtr: tuple[int, int] = (0, 0)
-    ldtr: Segment = field(default_factory=lambda: Segment(0, 0, 0, 0))
-    tr: Segment = field(default_factory=lambda: Segment(0, 0, 0, 0))
+    ``gprs`` is in QEMU's ``regs[]`` order (RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI,
+    R8..R15); ``caches`` holds (selector, base, limit, flags) for ES, CS, SS, DS,
+    FS, GS, LDTR, TR, GDTR and IDTR, in that order.
+    """
+
+    gprs: tuple[int, ...]
+    rip: int
+    rflags: int
+    cr0: int
+    cr3: int
+    cr4: int
+    efer: int
+    dr6: int
+    dr7: int
+    caches: tuple[tuple[int, int, int, int], ...]
+
+    def segment(self, index: int) -> Segment:
+        """Cache ``index`` (0 ES ... 5 GS, 6 LDTR, 7 TR, 8 GDTR, 9 IDTR) as a Segment."""
+        return Segment(*self.caches[index])
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreImage:
+    """The save-state fields RSM reads back, in one place for both maps."""
+
+    gprs: tuple[int, ...]
+    rip: int
+    rflags: int
+    cr0: int
+    cr3: int
+    cr4: int
+    efer: int
+    dr6: int
+    dr7: int
+    smbase: int
+    revision: int
 
 
 def attributes_from_flags(flags: int) -> int:
@@ -156,80 +188,118 @@ def _low32(value: int) -> int:
     return value & 0xFFFF_FFFF
 
 
-def _encode_amd64(snap: CpuSnapshot, smbase: int, revision: int, io: IoTrap | None,
-                  previous: bytes) -> bytes:
-    m = Amd64SaveStateMap.from_bytes(previous)
-    for name in SEGMENTS:
-        seg = snap.segments[name]
-        upper = name.upper()
-        setattr(m, f"{upper}Selector", seg.selector)
-        setattr(m, f"{upper}Attributes", attributes_from_flags(seg.flags))
-        setattr(m, f"{upper}Limit", seg.limit)
-        setattr(m, f"{upper}Base", seg.base)
-    m.GDTRBase, m.GDTRLimit = snap.gdtr
-    m.IDTRBase, m.IDTRLimit = snap.idtr
-    for prefix, seg in (("LDTR", snap.ldtr), ("TR", snap.tr)):
-        setattr(m, f"{prefix}Selector", seg.selector)
-        setattr(m, f"{prefix}Attributes", attributes_from_flags(seg.flags))
-        setattr(m, f"{prefix}Limit", seg.limit)
-        setattr(m, f"{prefix}Base", seg.base)
-    regs = snap.regs
-    m.EFER = regs["efer"]
-    m.SMMRevId = revision
-    m.SMBASE = smbase
-    m.CR3 = regs["cr3"]
+# Offsets come from the ctypes mirrors, so the layout is stated once.
+_A = Amd64SaveStateMap.offset_of
+_I = Intel64SaveStateMap.offset_of
+_AMD_SEGMENTS = struct.Struct("<" + "HHIQ" * 6)
+_AMD_SYSTEM = struct.Struct("<HHIQ")
+_AMD_TABLE = struct.Struct("<IQ")
+_U32, _U64, _PAIR32 = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<II")
+_OCTO = struct.Struct("<8Q")
+# QEMU regs[] indices of R15..R8, of RDI..RAX (AMD order) and of RAX..RDI (Intel order).
+_AMD_HIGH_GPRS = (15, 14, 13, 12, 11, 10, 9, 8)
+_AMD_LOW_GPRS = (7, 6, 5, 4, 3, 2, 1, 0)  # RDI RSI RBP RSP RBX RDX RCX RAX
+_INTEL_LOW_GPRS = (0, 1, 2, 3, 4, 5, 6, 7)  # RAX RCX RDX RBX RSP RBP RSI RDI
+_INTEL_SELECTORS = struct.Struct("<8I")
+_INTEL_TAIL = struct.Struct("<7Q")  # DR7 DR6 RIP IA32_EFER RFLAGS CR3 CR0
+
+
+def _write_amd64(view: memoryview, o: int, snap: CpuSnapshot, smbase: int, revision: int,
+                 io: IoTrap | None) -> None:
+    caches = snap.caches
+    values: list[int] = []
+    for selector, base, limit, flags in caches[:6]:
+        values += (selector, attributes_from_flags(flags), limit, base)
+    _AMD_SEGMENTS.pack_into(view, o + _A("ESSelector"), *values)
+    for index, field_name in ((6, "LDTRSelector"), (7, "TRSelector")):
+        selector, base, limit, flags = caches[index]
+        _AMD_SYSTEM.pack_into(view, o + _A(field_name), selector, attributes_from_flags(flags),
+                              limit, base)
+    _AMD_TABLE.pack_into(view, o + _A("GDTRLimit"), caches[8][2], caches[8][1])
+    _AMD_TABLE.pack_into(view, o + _A("IDTRLimit"), caches[9][2], caches[9][1])
+    _U64.pack_into(view, o + _A("EFER"), snap.efer)
+    _PAIR32.pack_into(view, o + _A("SMMRevId"), revision, smbase)
     # QEMU's 4-byte stores into 8-byte slots: the upper halves keep SMRAM's old bytes.
-    for name in ("CR4", "CR0", "DR7", "DR6", "RFLAGS"):
-        old = int(getattr(m, name))
-        setattr(m, name, (old & ~0xFFFF_FFFF) | _low32(regs[name.lower()]))
-    m.RIP = regs["rip"]
-    for name in GPRS:
-        setattr(m, name.upper(), regs[name])
+    for field_name, value in (("CR4", snap.cr4), ("CR0", snap.cr0), ("DR7", snap.dr7),
+                              ("DR6", snap.dr6), ("RFLAGS", snap.rflags)):
+        _U32.pack_into(view, o + _A(field_name), _low32(value))
+    _U64.pack_into(view, o + _A("CR3"), snap.cr3)
+    _U64.pack_into(view, o + _A("RIP"), snap.rip)
+    gprs = snap.gprs
+    _OCTO.pack_into(view, o + _A("R15"), *(gprs[i] for i in _AMD_HIGH_GPRS))
+    _OCTO.pack_into(view, o + _A("RDI"), *(gprs[i] for i in _AMD_LOW_GPRS))
     if io is not None:
         # AMD IO_DWord: bit 0 IN, bit 1 valid, bits 4/5 byte/word, port in 31:16
         # (edk2 UefiCpuPkg/Library/MmSaveStateLib/AmdMmSaveState.c).
         width_bit = {1: 1 << 4, 2: 1 << 5}.get(io.size, 0)
-        m.IO_DWord = (io.port << 16) | width_bit | (1 << 1) | int(io.is_in)
-        m.IO_RIP = io.rip
-    return m.to_bytes()
+        _U32.pack_into(view, o + _A("IO_DWord"),
+                       (io.port << 16) | width_bit | (1 << 1) | int(io.is_in))
+        _U64.pack_into(view, o + _A("IO_RIP"), io.rip)
 
 
-def _encode_intel64(snap: CpuSnapshot, smbase: int, revision: int, io: IoTrap | None,
-                    previous: bytes) -> bytes:
-    m = Intel64SaveStateMap.from_bytes(previous)
-    regs = snap.regs
-    m.GdtBaseLoDword, m.GdtBaseHiDword = _low32(snap.gdtr[0]), snap.gdtr[0] >> 32
-    m.IdtBaseLoDword, m.IdtBaseHiDword = _low32(snap.idtr[0]), snap.idtr[0] >> 32
-    m.LdtBaseLoDword, m.LdtBaseHiDword = _low32(snap.ldtr.base), snap.ldtr.base >> 32
-    m.CR4 = _low32(regs["cr4"])
-    m.SMBASE = smbase
-    m.SMMRevId = revision
-    m.IORestart = 0
-    m.AutoHALTRestart = 0
-    for name in GPRS:
-        setattr(m, name.upper(), regs[name])
-    for name in SEGMENTS:
-        setattr(m, name.upper(), snap.segments[name].selector)
-    m.LDTR = snap.ldtr.selector
-    m.TR = snap.tr.selector
-    m.DR7, m.DR6, m.RIP = regs["dr7"], regs["dr6"], regs["rip"]
-    m.IA32_EFER, m.RFLAGS, m.CR3, m.CR0 = regs["efer"], regs["rflags"], regs["cr3"], regs["cr0"]
+def _write_intel64(view: memoryview, o: int, snap: CpuSnapshot, smbase: int, revision: int,
+                   io: IoTrap | None) -> None:
+    caches = snap.caches
+    for base, low, high in ((caches[8][1], "GdtBaseLoDword", "GdtBaseHiDword"),
+                            (caches[9][1], "IdtBaseLoDword", "IdtBaseHiDword"),
+                            (caches[6][1], "LdtBaseLoDword", "LdtBaseHiDword")):
+        _U32.pack_into(view, o + _I(low), _low32(base))
+        _U32.pack_into(view, o + _I(high), base >> 32)
+    _U32.pack_into(view, o + _I("CR4"), _low32(snap.cr4))
+    _PAIR32.pack_into(view, o + _I("SMBASE"), smbase, revision)
+    struct.pack_into("<HH", view, o + _I("IORestart"), 0, 0)
+    gprs = snap.gprs
+    _OCTO.pack_into(view, o + _I("R15"), *(gprs[i] for i in _AMD_HIGH_GPRS))
+    _OCTO.pack_into(view, o + _I("RAX"), *(gprs[i] for i in _INTEL_LOW_GPRS))
+    _INTEL_SELECTORS.pack_into(view, o + _I("ES"), *(caches[i][0] for i in range(8)))
+    _INTEL_TAIL.pack_into(view, o + _I("DR7"), snap.dr7, snap.dr6, snap.rip, snap.efer,
+                          snap.rflags, snap.cr3, snap.cr0)
     if io is None:
-        m.IOMisc = 0
+        _U32.pack_into(view, o + _I("IOMisc"), 0)
     else:
         # IOMisc: bit 0 SmiFlag, 3:1 length, 7:4 type, 31:16 port (edk2 SMRAM_SAVE_STATE_IOMISC).
         io_type = (1 if io.is_in else 0) | (0 if io.uses_dx else 8)
-        m.IOMisc = (io.port << 16) | (io_type << 4) | (io.size << 1) | 1
-        m.IO_EIP = io.rip
-    return m.to_bytes()
+        _U32.pack_into(view, o + _I("IOMisc"),
+                       (io.port << 16) | (io_type << 4) | (io.size << 1) | 1)
+        _U64.pack_into(view, o + _I("IO_EIP"), io.rip)
 
 
-def encode_save_state(kind: SaveStateKind, snap: CpuSnapshot, *, smbase: int, revision: int,
-                      io: IoTrap | None, previous: bytes) -> bytes:
-    """The save-state map bytes for ``snap``; fields the CPU does not write keep ``previous``."""
+def write_save_state(kind: SaveStateKind, view: memoryview, offset: int, snap: CpuSnapshot, *,
+                     smbase: int, revision: int, io: IoTrap | None) -> None:
+    """Write the save-state map for ``snap`` in place at ``view[offset:]``.
+
+    Fields the CPU does not store keep their old bytes, as on the CPU.
+    """
     if kind is SaveStateKind.AMD64:
-        return _encode_amd64(snap, smbase, revision, io, previous)
-    return _encode_intel64(snap, smbase, revision, io, previous)
+        _write_amd64(view, offset, snap, smbase, revision, io)
+    else:
+        _write_intel64(view, offset, snap, smbase, revision, io)
+
+
+def read_restore_image(kind: SaveStateKind, view: memoryview | bytes, o: int) -> RestoreImage:
+    """The fields RSM restores, read from the map at ``view[o:]``."""
+    gprs = [0] * 16
+    if kind is SaveStateKind.AMD64:
+        high = _OCTO.unpack_from(view, o + _A("R15"))
+        low = _OCTO.unpack_from(view, o + _A("RDI"))
+        for value, index in zip(high + low, _AMD_HIGH_GPRS + _AMD_LOW_GPRS, strict=True):
+            gprs[index] = value
+        revision, smbase = _PAIR32.unpack_from(view, o + _A("SMMRevId"))
+        return RestoreImage(
+            tuple(gprs), _U64.unpack_from(view, o + _A("RIP"))[0],
+            _U32.unpack_from(view, o + _A("RFLAGS"))[0], _U32.unpack_from(view, o + _A("CR0"))[0],
+            _U64.unpack_from(view, o + _A("CR3"))[0], _U32.unpack_from(view, o + _A("CR4"))[0],
+            _U64.unpack_from(view, o + _A("EFER"))[0], _U32.unpack_from(view, o + _A("DR6"))[0],
+            _U32.unpack_from(view, o + _A("DR7"))[0], smbase, revision,
+        )
+    high = _OCTO.unpack_from(view, o + _I("R15"))
+    low = _OCTO.unpack_from(view, o + _I("RAX"))
+    for value, index in zip(high + low, _AMD_HIGH_GPRS + _INTEL_LOW_GPRS, strict=True):
+        gprs[index] = value
+    dr7, dr6, rip, efer, rflags, cr3, cr0 = _INTEL_TAIL.unpack_from(view, o + _I("DR7"))
+    smbase, revision = _PAIR32.unpack_from(view, o + _I("SMBASE"))
+    return RestoreImage(tuple(gprs), rip, rflags, cr0, cr3, _U32.unpack_from(view, o + _I("CR4"))[0],
+                        efer, dr6, dr7, smbase, revision)
 
 
 def decode_save_state(kind: SaveStateKind, raw: bytes) -> dict[str, int]:
