@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from smmemu.chipset.bus import PortBus
-from smmemu.engine import GPR_ORDER, Engine, RunFault
+from smmemu.engine import Engine, RunFault
 from smmemu.memory import PhysicalMemory, SmramAccess
 from smmemu.profiles import Profile
 from smmemu.results import FaultRecord, Finding, SmiRecord, SmiResult, StopReason

@@ -33,14 +33,14 @@ __all__ = [
     "CpuSnapshot",
     "Intel64SaveStateMap",
     "IoTrap",
+    "RestoreImage",
     "Segment",
     "attributes_from_flags",
-    "RestoreImage",
     "decode_save_state",
-    "read_restore_image",
-    "write_save_state",
     "flags_from_attributes",
     "map_size",
+    "read_restore_image",
+    "write_save_state",
 ]
 
 _u8, _u16, _u32, _u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
@@ -298,8 +298,8 @@ def read_restore_image(kind: SaveStateKind, view: memoryview | bytes, o: int) ->
         gprs[index] = value
     dr7, dr6, rip, efer, rflags, cr3, cr0 = _INTEL_TAIL.unpack_from(view, o + _I("DR7"))
     smbase, revision = _PAIR32.unpack_from(view, o + _I("SMBASE"))
-    return RestoreImage(tuple(gprs), rip, rflags, cr0, cr3, _U32.unpack_from(view, o + _I("CR4"))[0],
-                        efer, dr6, dr7, smbase, revision)
+    cr4 = _U32.unpack_from(view, o + _I("CR4"))[0]
+    return RestoreImage(tuple(gprs), rip, rflags, cr0, cr3, cr4, efer, dr6, dr7, smbase, revision)
 
 
 def decode_save_state(kind: SaveStateKind, raw: bytes) -> dict[str, int]:
