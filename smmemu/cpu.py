@@ -282,7 +282,8 @@ class Cpu:
         if self.in_smm:
             fault = self._fault_decoder()
             if fault is not None:
-                self._finish(StopReason.SMM_FAULT, fault.describe(), fault=fault)
+                self._finish(StopReason.SMM_FAULT, f"{fault.name} in SMM at rip {fault.rip:#x}",
+                             fault=fault)
             else:
                 self._finish(StopReason.SMM_HALT, self._where("hlt in SMM"))
             return 0

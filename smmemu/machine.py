@@ -34,7 +34,7 @@ from smmemu.results import CommResult, FaultRecord, SmiResult, StopReason
 from smmemu.uefi.communicate import MmCommBuffer
 from smmemu.uefi.guids import parse_guid
 
-__all__ = ["Machine"]
+__all__ = ["SETTABLE_REGISTERS", "Machine"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ _COMM_BUFFERS = (  # (id, address, pages, status address): 0 = supervisor, 1 = u
 )
 _FAULT_REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
                "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
-_REG_NAMES = frozenset({
+SETTABLE_REGISTERS = frozenset({
     "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
     "r14", "r15",
 })
@@ -53,6 +53,8 @@ _REG_NAMES = frozenset({
 
 class Machine:
     """An emulated machine whose SMIs run a real MM core image in isolated SMRAM.
+
+    ``Machine.SETTABLE_REGISTERS`` names the registers ``software_smi`` accepts.
 
     Args:
         profile: platform profile name (``"q35"`` or ``"intel"``).
@@ -66,6 +68,8 @@ class Machine:
         ImageError: unreadable or inconsistent image.
         ConfigError: an invalid option value.
     """
+
+    SETTABLE_REGISTERS = SETTABLE_REGISTERS
 
     def __init__(self, profile: str = "q35", image: str | Path | None = None, *,
                  budget: float = 2.0, trigger_order: str = "patina") -> None:
@@ -229,10 +233,10 @@ class Machine:
                 raise ConfigError(f"{name} must be a byte, got {value:#x}", field=name,
                                   value=value)
         values = dict(regs or {})
-        unknown = sorted(set(values) - _REG_NAMES)
+        unknown = sorted(set(values) - SETTABLE_REGISTERS)
         if unknown:
             raise ConfigError(f"cannot set register(s) {', '.join(unknown)} "
-                              f"(allowed: {', '.join(sorted(_REG_NAMES))})",
+                              f"(allowed: {', '.join(sorted(SETTABLE_REGISTERS))})",
                               field="regs", value=unknown)
         for name, value in values.items():
             if not 0 <= value < 1 << 64:

@@ -330,6 +330,7 @@ def _machine_spec(reader: _Reader, path: Path | None) -> MachineSpec:
 
 
 def _step(reader: _Reader) -> Step:
+    reader.string("name")  # validated here; the reader already took it as the step's name
     kind = reader.string("kind")
     if kind == CommunicateStep.kind:
         reader.restrict(_COMM_STEP_KEYS)

@@ -127,7 +127,6 @@ def _configure_logging(verbosity: int) -> None:
         else logging.DEBUG
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("smmemu").setLevel(level)
 
 
 def machine_spec(args: argparse.Namespace, base: MachineSpec | None = None, *,

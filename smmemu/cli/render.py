@@ -77,7 +77,7 @@ def register_grid(values: Mapping[str, int], names: Sequence[str], *, columns: i
     marks = set(marked)
     present = [name for name in names if name in values]
     width = max((len(name) for name in present), default=0)
-    cells = [f"{'*' if name in marks else ' '}{name:>{width}} {values[name]:#0{digits + 2}x}"
+    cells = [f"{('*' if name in marks else '') + name:>{width + 1}} {values[name]:#0{digits + 2}x}"
              for name in present]
     return [indent + "  ".join(cells[i:i + columns]) for i in range(0, len(cells), columns)]
 
