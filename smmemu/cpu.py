@@ -33,6 +33,7 @@ from smmemu.profiles import Profile
 from smmemu.results import FaultRecord, Finding, SmiRecord, SmiResult, StopReason
 from smmemu.smm import context
 from smmemu.smm.delivery import GateError, plan_delivery, translate
+from smmemu.smm.msr import EMULATED_MSRS, MsrBank, MsrFault
 from smmemu.smm.savestate import (
     CpuSnapshot,
     IoTrap,
@@ -167,6 +168,9 @@ class Cpu:
         self._rsm_requested = False
         self._exception_stop: tuple[StopReason, str] | None = None
         self._watchdog = _Watchdog(self.engine.stop)
+        self.msr = MsrBank(profile, is_bsp=index == 0)
+        self._msr_sites: dict[int, bool] = {}
+        self._msr_stop: tuple[int, bool] | None = None
         self._install_hooks()
 
     # -- hooks ----------------------------------------------------------------
@@ -180,6 +184,20 @@ class Cpu:
         engine.on_code(0, self._memory.smram_base - 1, self._on_outside_code)
         engine.on_code(self._memory.smram_end, 0xFFFF_FFFF_FFFF_FFFF, self._on_outside_code)
 
+    def watch_msr_sites(self, sites: dict[int, bool]) -> None:
+        """Intercept the ``rdmsr`` (False) / ``wrmsr`` (True) instructions at ``sites``."""
+        for address, is_write in sites.items():
+            if address in self._msr_sites:
+                continue
+            self._msr_sites[address] = is_write
+            self.engine.on_code(address, address, self._on_msr_site)
+            self.engine.invalidate_code(address, address + 2)
+
+    def _on_msr_site(self, address: int, _size: int) -> None:
+        if self.engine.reg("rcx") & 0xFFFF_FFFF in EMULATED_MSRS:
+            self._msr_stop = (address, self._msr_sites[address])
+            self.engine.stop()
+
     def _on_port_out(self, port: int, size: int, value: int) -> None:
         self._last_io = (port, size, False)
         self._ports.write(port, size, value)
@@ -189,6 +207,14 @@ class Cpu:
         return self._ports.read(port, size)
 
     def _on_outside_code(self, address: int, _size: int) -> None:
+        if self.in_smm and self.msr.code_check_enabled:
+            self._run.findings.append(Finding(
+                "machine-check", f"SMM code fetch outside SMRAM at {address:#x} with "
+                "SMM_Code_Chk_En set: unrecoverable machine check", address))
+            self._exception_stop = (StopReason.MACHINE_CHECK,
+                                    f"machine check: SMM fetch at {address:#x} outside SMRAM")
+            self.engine.stop()
+            return
         if self.in_smm:
             self._run.findings.append(Finding(
                 "smm-callout", f"SMM code fetched an instruction outside SMRAM at {address:#x}",
@@ -261,6 +287,7 @@ class Cpu:
         """Run one ``emu_start`` segment and decide what follows; returns the next RIP."""
         self._rsm_requested = False
         self._exception_stop = None
+        self._msr_stop = None
         try:
             self.engine.run(rip, self._until())
         except RunFault as run_fault:
@@ -275,6 +302,8 @@ class Cpu:
         if self._exception_stop is not None:
             self._finish(*self._exception_stop)
             return 0
+        if self._msr_stop is not None:
+            return self._emulate_msr(*self._msr_stop)
         if self._rsm_requested:
             return self._rsm()
         if self._smi_pending and not self.in_smm:
@@ -413,6 +442,33 @@ class Cpu:
         self.smram.close()
         self._on_abandon()
 
+    # -- MSRs -------------------------------------------------------------------
+    def _emulate_msr(self, address: int, is_write: bool) -> int:
+        """Perform the stopped ``rdmsr``/``wrmsr`` at ``address``; returns the next RIP."""
+        engine = self.engine
+        msr = engine.reg("rcx") & 0xFFFF_FFFF
+        try:
+            if is_write:
+                value = (engine.reg("rdx") & 0xFFFF_FFFF) << 32 | engine.reg("rax") & 0xFFFF_FFFF
+                self.msr.write(msr, value, in_smm=self.in_smm)
+            else:
+                value = self.msr.read(msr, in_smm=self.in_smm, smbase=self.smbase,
+                                      smi_count=self.smi_count)
+                engine.set_reg("rax", value & 0xFFFF_FFFF)
+                engine.set_reg("rdx", value >> 32)
+        except MsrFault as fault:
+            if not self.in_smm:
+                self._finish(StopReason.GUEST_FAULT,
+                             f"#GP outside SMM: {'wrmsr' if is_write else 'rdmsr'} {msr:#x} "
+                             f"at rip {address:#x}: {fault}")
+                return 0
+            self._deliver(13, address, error_code=0)
+            if self._exception_stop is not None:
+                self._finish(*self._exception_stop)
+                return 0
+            return engine.reg("rip")
+        return address + 2
+
     # -- exceptions in SMM ------------------------------------------------------
     def _read_code(self, linear: int, size: int) -> bytes:
         physical = self._linear_to_physical(linear)
@@ -452,16 +508,18 @@ class Cpu:
             raise GateError(f"exception stack {linear:#x} is not mapped")
         return physical
 
-    def _deliver(self, vector: int, rip: int) -> None:
+    def _deliver(self, vector: int, rip: int, *, error_code: int | None = None) -> None:
         """Deliver ``vector`` through the MM core's IDT, as the CPU would."""
         engine = self.engine
         blob = engine.save_context()
+        if error_code is None:
+            error_code = context.error_code(self.layout, blob)
         try:
             plan = plan_delivery(
                 self._read_linear, vector=vector, idtr=engine.table_reg("idtr")[1:3],
                 tss_base=engine.table_reg("tr")[1], rip=rip, cs=engine.reg("cs"),
                 rflags=engine.reg("rflags"), rsp=engine.reg("rsp"), ss=engine.reg("ss"),
-                error_code=context.error_code(self.layout, blob),
+                error_code=error_code,
             )
             stack = self._stack_physical(plan.frame_address)
         except GateError as err:

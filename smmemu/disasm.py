@@ -325,3 +325,25 @@ def format_listing(
         lines.append(format_line(here, window[:size], text, highlight=here == highlight))
         offset += size
     return "".join(f"{line}\n" for line in lines)
+
+
+def find_mnemonics(code: bytes, address: int, mode: Mode, mnemonics: frozenset[str]) -> list[int]:
+    """Addresses of instructions named in ``mnemonics``, by a linear sweep.
+
+    Undecodable bytes are skipped one at a time, so data between functions
+    only delays re-synchronisation. Used to find ``rdmsr``/``wrmsr`` in code
+    the host loads (the CPU cannot hook them, unicorn_probe.md row 8).
+    """
+    engine = _engine(mode, False)
+    found: list[int] = []
+    offset = 0
+    while offset < len(code):
+        progressed = False
+        for insn_address, size, mnemonic, _ in engine.disasm_lite(code[offset:], address + offset):
+            progressed = True
+            if mnemonic in mnemonics:
+                found.append(insn_address)
+            offset = insn_address + size - address
+        if not progressed:
+            offset += 1
+    return found

@@ -23,7 +23,7 @@ from types import TracebackType
 from smmemu.chipset.bus import PortBus
 from smmemu.chipset.ich9 import PM_BLOCK_SIZE, ApmPorts, Ich9PmBlock
 from smmemu.cpu import Cpu
-from smmemu.disasm import Mode, disassemble
+from smmemu.disasm import Mode, disassemble, find_mnemonics
 from smmemu.dxe.communicator import CommunicateBuffer, MmCommunicator, TriggerOrder
 from smmemu.dxe.platform import DxePlatform, Trampoline
 from smmemu.errors import ConfigError, EngineError, ImageError, MachineClosedError
@@ -43,6 +43,7 @@ _COMM_BUFFERS = (  # (id, address, pages, status address): 0 = supervisor, 1 = u
     (0, 0x0010_0000, 4, 0x0011_0000),
     (1, 0x0012_0000, 4, 0x0013_0000),
 )
+_MSR_MNEMONICS = frozenset({"rdmsr", "wrmsr"})
 _FAULT_REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
                "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 SETTABLE_REGISTERS = frozenset({
@@ -122,6 +123,7 @@ class Machine:
         p = self.profile
         self._memory.write(self.image.load_address, self.image.blob, smm=True)
         self._cpu.engine.invalidate_code(self.image.load_address, self.image.end)
+        self._cpu.watch_msr_sites(self.image.msr_sites)
         boot = bytearray(0x60)
         boot[0:8] = _BOOT_INFO_SIGNATURE
         struct.pack_into("<II", boot, 8, 1, len(_COMM_BUFFERS))
@@ -200,6 +202,12 @@ class Machine:
         self._memory.write(address, bytes(data), smm=smm)
         self._cpu.engine.invalidate_code(address, address + len(data))
 
+    def _watch_code(self, address: int, code: bytes) -> None:
+        """Find ``rdmsr``/``wrmsr`` in 64-bit code the host placed, so they are emulated."""
+        sites = find_mnemonics(code, address, Mode.BITS64, _MSR_MNEMONICS)
+        is_write = {site: self._memory.read(site, 2, smm=True) == b"\x0f\x30" for site in sites}
+        self._cpu.watch_msr_sites(is_write)
+
     @property
     def smram_accesses(self) -> list[SmramAccess]:
         """Every non-SMM access to SMRAM refused so far (guest and host)."""
@@ -263,6 +271,7 @@ class Machine:
         """
         self._alive()
         self.write_physical(address, code)
+        self._watch_code(address, code)
         for name, value in (regs or {}).items():
             self._cpu.engine.set_reg(name, value)
         before = len(self._memory.findings)
@@ -316,6 +325,7 @@ class Machine:
                               value=len(code))
         self._memory.write(address, code, smm=True)
         self._cpu.engine.invalidate_code(address, address + len(code))
+        self._watch_code(address, code)
         parsed = None if guid is None else parse_guid(guid)
         flags = 3 if parsed is None else 1
         guid_bytes = bytes(16) if parsed is None else parsed.bytes_le

@@ -42,6 +42,8 @@ class StopReason(enum.Enum):
     """Non-SMM code tried to execute SMRAM."""
     SMM_HALT = "smm-halt"
     """SMM code executed ``hlt`` without recording a fault."""
+    MACHINE_CHECK = "machine-check"
+    """SMM fetched code outside SMRAM with MSR_SMM_FEATURE_CONTROL.SMM_Code_Chk_En set."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,6 +191,9 @@ def _assemble(statements: list[Statement], base: int) -> bytes:
         raise _error([Problem(culprit.location, str(exc), culprit.text)]) from exc
 
 
+_MSR_MNEMONICS = frozenset({"rdmsr", "wrmsr"})
+
+
 def _listing_line(place: Placed, blob: bytes, base: int) -> str:
     stmt = place.statement
     raw = blob[place.offset : place.offset + min(place.size, _LISTING_BYTES)]
@@ -239,6 +242,10 @@ def build(config: BuildConfig) -> BuiltImage:
         "assembler": assembler_version(),
         "entry_points": {e: f"0x{verified.labels[e]:08x}" for e in config.entry_points},
         "symbols": {k: f"0x{v:08x}" for k, v in sorted(verified.labels.items())},
+        "msr_sites": {
+            f"0x{config.load_address + p.offset:08x}": p.insn.mnemonic
+            for p in verified.placed if p.insn is not None and p.insn.mnemonic in _MSR_MNEMONICS
+        },
         "constants": {k: f"0x{v:08x}" for k, v in sorted(verified.constants.items())},
         "sources": hashes,
         "verified_instructions": verified.instructions,

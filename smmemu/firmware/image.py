@@ -133,6 +133,12 @@ class MmCoreImage:
         return self.symbols[symbol] - self.load_address
 
     @property
+    def msr_sites(self) -> dict[int, bool]:
+        """Addresses of the image's ``rdmsr`` (False) and ``wrmsr`` (True) instructions."""
+        sites = self.manifest.get("msr_sites", {})
+        return {int(address, 16): mnemonic == "wrmsr" for address, mnemonic in sites.items()}
+
+    @property
     def end(self) -> int:
         """First address after the image."""
         return self.load_address + len(self.blob)
