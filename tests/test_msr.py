@@ -109,7 +109,7 @@ def test_item16_feature_control_lock_is_write_once() -> None:
 def _make_comm_buffer_executable(m: Machine) -> int:
     """Clear NX on comm buffer 0's first page in the MM core's page tables; return its address."""
     address, _ = m.comm_buffer(0)
-    table = m.image.constants["PML4"] if "PML4" in m.image.constants else 0x0781_8000
+    table = m.image.constants["PML4"]
     entry = 0
     for shift in (39, 30, 21, 12):
         slot = table + ((address >> shift) & 0x1FF) * 8

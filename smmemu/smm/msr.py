@@ -51,7 +51,7 @@ FEATURE_LOCK = 1 << 0
 FEATURE_SMM_CODE_CHK_EN = 1 << 2
 
 
-class MsrFault(Exception):
+class MsrFault(Exception):  # noqa: N818 - named for the #GP it stands for
     """The access raises #GP(0) on the CPU."""
 
 
