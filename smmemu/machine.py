@@ -22,6 +22,15 @@ from types import TracebackType
 
 from smmemu.chipset.bus import PortBus
 from smmemu.chipset.ich9 import PM_BLOCK_SIZE, ApmPorts, Ich9PmBlock
+from smmemu.chipset.pci import (
+    ECAM_BASE,
+    ECAM_SIZE,
+    ConfigAddressPorts,
+    Ich9Lpc,
+    PciBus,
+    Q35Mch,
+    RefusedWrite,
+)
 from smmemu.cpu import Cpu
 from smmemu.disasm import Mode, disassemble, find_mnemonics
 from smmemu.dxe.communicator import CommunicateBuffer, MmCommunicator, TriggerOrder
@@ -39,6 +48,7 @@ __all__ = ["SETTABLE_REGISTERS", "Machine"]
 log = logging.getLogger(__name__)
 
 _BOOT_INFO_SIGNATURE = b"SMEMBOOT"
+_PM_NAME = "ICH9 ACPI/PM (PMBASE)"
 _COMM_BUFFERS = (  # (id, address, pages, status address): 0 = supervisor, 1 = user
     (0, 0x0010_0000, 4, 0x0011_0000),
     (1, 0x0012_0000, 4, 0x0013_0000),
@@ -90,12 +100,20 @@ class Machine:
         p = self.profile
         self._memory = PhysicalMemory(p.dram_size, p.tseg_base, p.tseg_size)
         self.ports = PortBus()
-        self.pm = Ich9PmBlock(p, self._raise_smi)
+        self.refused_writes: list[RefusedWrite] = []
+        self.pci = PciBus()
+        self.mch = Q35Mch(p.tseg_base, p.dram_size, self._on_tseg_change, self.refused_writes)
+        self.lpc = Ich9Lpc(p.pmbase, self._on_pmbase_change, self.refused_writes)
+        self.pci.functions[(0, 0, 0)] = self.mch
+        self.pci.functions[(0, 31, 0)] = self.lpc
+        self.pm = Ich9PmBlock(p, self._raise_smi, lambda: self.lpc.smi_lock)
         self.apm = ApmPorts(p, self.pm)
         self.ports.attach(0xB2, 2, self.apm, "ICH9 APM (APM_CNT, APM_STS)")
-        self.ports.attach(p.pmbase, PM_BLOCK_SIZE, self.pm, "ICH9 ACPI/PM (PMBASE)")
+        self.ports.attach(p.pmbase, PM_BLOCK_SIZE, self.pm, _PM_NAME)
+        self.ports.attach(0xCF8, 8, ConfigAddressPorts(self.pci), "PCI CONFIG_ADDRESS/DATA")
         self._cpu = Cpu(0, p, self._memory, self.ports, self._decode_fault,
                         self.pm.recover_line)
+        self._cpu.engine.map_mmio(ECAM_BASE, ECAM_SIZE, self.pci.ecam_read, self.pci.ecam_write)
         self._load_core()
         self._dxe = DxePlatform(self._cpu, self._memory, p.pmbase)
         buffers = [CommunicateBuffer(i, address, pages * 0x1000, status)
@@ -146,6 +164,15 @@ class Machine:
     # -- chipset -> CPU ----------------------------------------------------------
     def _raise_smi(self) -> None:
         self._cpu.raise_smi()
+
+    def _on_tseg_change(self) -> None:
+        self._memory.smram_closed = self.mch.tseg_closed
+        if not self._cpu.in_smm:
+            self._cpu.smram.close()
+
+    def _on_pmbase_change(self, pmbase: int) -> None:
+        self.ports.detach(_PM_NAME)
+        self.ports.attach(pmbase, PM_BLOCK_SIZE, self.pm, _PM_NAME)
 
     def _decode_fault(self) -> FaultRecord | None:
         base = self.image.constants["FAULT_RECORD"]

@@ -73,6 +73,8 @@ class PhysicalMemory:
     smram_base: int
     smram_size: int
     findings: list[SmramAccess] = field(default_factory=list)
+    smram_closed: bool = True
+    """Whether TSEG hides SMRAM from non-SMM accesses (MCH T_EN and G_SMRAME)."""
     dram: HostBuffer = field(init=False)
     smram: HostBuffer = field(init=False)
 
@@ -112,7 +114,7 @@ class PhysicalMemory:
         self._check(address, size)
         out = bytearray()
         for start, length, is_smram in self._pieces(address, size):
-            if is_smram and not smm:
+            if is_smram and not smm and self.smram_closed:
                 self.findings.append(SmramAccess("host", "read", start, length))
                 out += b"\xff" * length
             elif is_smram:
@@ -127,7 +129,7 @@ class PhysicalMemory:
         self._check(address, len(data))
         for start, length, is_smram in self._pieces(address, len(data)):
             chunk = data[start - address:start - address + length]
-            if is_smram and not smm:
+            if is_smram and not smm and self.smram_closed:
                 value = int.from_bytes(chunk[:8], "little")
                 self.findings.append(SmramAccess("host", "write", start, length, value))
             elif is_smram:

@@ -60,6 +60,13 @@ class PortBus:
         for port in range(base, base + size):
             self._by_port[port] = entry
 
+    def detach(self, name: str) -> None:
+        """Stop decoding the block attached as ``name`` (to move it)."""
+        for entry in [r for r in self._ranges if r.name == name]:
+            self._ranges.remove(entry)
+            for port in range(entry.base, entry.base + entry.size):
+                del self._by_port[port]
+
     def devices(self) -> list[tuple[int, int, str]]:
         """(base, size, name) of every attached block, for reports."""
         return [(r.base, r.size, r.name) for r in self._ranges]

@@ -64,9 +64,11 @@ def _merge(old: int, offset: int, size: int, value: int, reg_offset: int) -> int
 class Ich9PmBlock:
     """The ICH9 ACPI/PM I/O block at PMBASE: PM1_CNT, SMI_EN, SMI_STS and SMI# generation."""
 
-    def __init__(self, profile: Profile, raise_smi: Callable[[], None]) -> None:
+    def __init__(self, profile: Profile, raise_smi: Callable[[], None],
+                 smi_locked: Callable[[], bool] = lambda: False) -> None:
         self._profile = profile
         self._raise_smi = raise_smi
+        self._smi_locked = smi_locked
         self.smi_en = 0
         self.smi_sts = 0
         self.pm1_cnt = 0
@@ -127,6 +129,9 @@ class Ich9PmBlock:
         """OUT to the PM block."""
         if SMI_EN_OFFSET <= offset < SMI_EN_OFFSET + 4:
             new = _merge(self.smi_en, offset, size, value, SMI_EN_OFFSET)
+            if self._smi_locked():
+                # GEN_PMCON_1.SMI_LOCK: GBL_SMI_EN is no longer writable (QEMU ich9_lpc_pmcon_update).
+                new = (new & ~SmiEn.GBL_SMI_EN) | (self.smi_en & SmiEn.GBL_SMI_EN)
             eos_set = bool(new & SmiEn.EOS) and self._profile.eos_gating
             self.smi_en = new
             if eos_set:

@@ -56,7 +56,13 @@ class SmramView:
         self._state = _State.OPEN
 
     def close(self) -> None:
-        """RSM: hide the contents again."""
+        """RSM (or a chipset change outside SMM): hide the contents again, if TSEG is closed.
+
+        With TSEG open (MCH T_EN or G_SMRAME clear) non-SMM code sees the RAM itself.
+        """
+        if not self._memory.smram_closed:
+            self.open()
+            return
         if self._state is _State.OPEN:
             self._engine.protect(self._memory.smram_base, self._memory.smram_size, Prot.NONE)
         self._state = _State.CLOSED
