@@ -130,7 +130,8 @@ class Ich9PmBlock:
         if SMI_EN_OFFSET <= offset < SMI_EN_OFFSET + 4:
             new = _merge(self.smi_en, offset, size, value, SMI_EN_OFFSET)
             if self._smi_locked():
-                # GEN_PMCON_1.SMI_LOCK: GBL_SMI_EN is no longer writable (QEMU ich9_lpc_pmcon_update).
+                # GEN_PMCON_1.SMI_LOCK: GBL_SMI_EN is no longer writable
+                # (QEMU ich9_lpc_pmcon_update).
                 new = (new & ~SmiEn.GBL_SMI_EN) | (self.smi_en & SmiEn.GBL_SMI_EN)
             eos_set = bool(new & SmiEn.EOS) and self._profile.eos_gating
             self.smi_en = new

@@ -112,6 +112,7 @@ class Q35Mch(_Function):
         return bool(self.space[ESMRAMC] & T_EN and self.space[SMRAM] & G_SMRAME)
 
     def write_byte(self, register: int, value: int) -> None:
+        """SMRAM, ESMRAMC and TSEGMB writes, honouring D_LCK."""
         before = self.tseg_closed
         if register == SMRAM:
             if self.locked:
@@ -159,6 +160,7 @@ class Ich9Lpc(_Function):
         return self.read(PMBASE, 4) & 0xFF80
 
     def write_byte(self, register: int, value: int) -> None:
+        """PMBASE (moves the PM block), ACPI_CNTL and GEN_PMCON writes, honouring SMI_LOCK."""
         if PMBASE <= register < PMBASE + 2:
             old = self.pmbase
             self.space[register] = (value & 0x80) | 1 if register == PMBASE else value
