@@ -156,6 +156,8 @@ class Cpu:
         self.smram = SmramView(self.engine, memory, lambda: self.engine.reg("rip"))
         self.smbase = profile.smbase
         self.in_smm = False
+        self.halted = False
+        """True while the CPU sits in HLT outside SMM (the end of every run)."""
         self.smi_count = 0
         self._smi_pending = False
         self._last_insn = 0
@@ -230,7 +232,7 @@ class Cpu:
     def _on_invalid_instruction(self) -> bool:
         rip = self.engine.reg("rip")
         if self.in_smm:
-            if self._read_code(rip, 2) == _RSM_OPCODE:
+            if self._read_code(self._linear(rip), 2) == _RSM_OPCODE:
                 self._rsm_requested = True
                 self.engine.stop()
                 return True
@@ -266,10 +268,24 @@ class Cpu:
     # -- running --------------------------------------------------------------
     def run(self, rip: int, *, budget: float) -> SmiResult:
         """Run non-SMM code from ``rip`` until it halts, servicing every SMI it raises."""
+        return self._drive(rip, budget=budget, wake=False)
+
+    def service_pending_smi(self, *, budget: float) -> SmiResult:
+        """Take a pending SMI on a halted CPU (an SMI IPI) and run until it halts again.
+
+        The SMI wakes the CPU from HLT: the Intel map's auto-HALT restart bit is
+        set, and RSM either halts again (bit left set) or resumes after the HLT.
+        """
+        return self._drive(self.engine.reg("rip"), budget=budget, wake=True)
+
+    def _drive(self, rip: int, *, budget: float, wake: bool) -> SmiResult:
         started = time.perf_counter()
         self._run = _Run()
         next_rip = rip
         self._watchdog.arm(budget)
+        if wake and self._smi_pending and not self.in_smm:
+            next_rip = self._enter_smm(halted=self.halted)
+        self.halted = False
         try:
             while self._run.stop is None:
                 next_rip = self._segment(next_rip)
@@ -317,6 +333,7 @@ class Cpu:
                 self._finish(StopReason.SMM_HALT, self._where("hlt in SMM"))
             return 0
         self._finish(StopReason.HALTED, "")
+        self.halted = True
         return 0
 
     def _until(self) -> int:
@@ -364,7 +381,7 @@ class Cpu:
         """Offset of this CPU's save-state map inside the SMRAM host buffer."""
         return self.smbase + self._profile.save_state_offset - self._memory.smram_base
 
-    def _enter_smm(self) -> int:
+    def _enter_smm(self, *, halted: bool = False) -> int:
         engine = self.engine
         self._smi_pending = False
         interrupted = engine.save_context()
@@ -374,7 +391,7 @@ class Cpu:
         view, offset = self._memory.smram.view, self._save_state_offset()
         kind = self._profile.save_state
         write_save_state(kind, view, offset, snap, smbase=self.smbase,
-                         revision=self._profile.smm_revision, io=io)
+                         revision=self._profile.smm_revision, io=io, halted=halted)
         raw = bytes(view[offset:offset + map_size(kind)])
         record = SmiRecord(index=self.smi_count, smbase=self.smbase, kind=kind,
                            raw_save_state=raw)
@@ -427,9 +444,20 @@ class Cpu:
         self._frame = None
         self.in_smm = False
         self.smram.close()
+        rip = image.rip
+        if image.io_smi and image.io_restart == 0xFF:
+            # I/O instruction restart (SDM "I/O Instruction Restart"): run the I/O again.
+            rip = image.io_rip
+        elif before.auto_halt_restart & 1 and image.auto_halt_restart & 1:
+            # Auto-HALT restart left set: the CPU returns to the HLT state.
+            if self._smi_pending:
+                return self._enter_smm(halted=True)
+            self._finish(StopReason.HALTED, "")
+            self.halted = True
+            return 0
         if self._smi_pending:
             return self._enter_smm()
-        return image.rip
+        return rip
 
     def _abandon_smi(self) -> None:
         """Leave SMM after a terminal stop: back to the interrupted context, SMRAM closed."""
@@ -470,6 +498,10 @@ class Cpu:
         return address + 2
 
     # -- exceptions in SMM ------------------------------------------------------
+    def _linear(self, rip: int) -> int:
+        """CS.base + RIP: hooks report RIP, which is an offset outside 64-bit mode."""
+        base = struct.unpack_from("<Q", self.engine.save_context(), self.layout.seg("cs") + 8)[0]
+        return (base + rip) & 0xFFFF_FFFF_FFFF_FFFF
     def _read_code(self, linear: int, size: int) -> bytes:
         physical = self._linear_to_physical(linear)
         if physical is None:

@@ -383,6 +383,10 @@ class Engine:
             return
         self._uc.reg_write(_REGS[name], value)
 
+    def native_msr(self, msr: int) -> int:
+        """An MSR as Unicorn itself holds it (the ones smmemu does not emulate)."""
+        return int(self._uc.msr_read(msr))
+
     def table_reg(self, name: str) -> tuple[int, int, int, int]:
         """Read ``gdtr``/``idtr``/``ldtr``/``tr`` as (selector, base, limit, flags)."""
         value = self._uc.reg_read(_TABLE_REGS[name])

@@ -284,6 +284,16 @@ class Machine:
         result.smram_accesses.extend(self._memory.findings[before:])
         return result
 
+    def send_smi_ipi(self) -> SmiResult:
+        """An SMI IPI to the CPU (local APIC ICR delivery mode SMI): taken where it waits.
+
+        The CPU is halted between requests, so the SMI wakes it from HLT
+        (auto-HALT restart in the ``intel`` profile).
+        """
+        self._alive()
+        self._cpu.raise_smi()
+        return self._cpu.service_pending_smi(budget=self.budget)
+
     def trigger_sw_mmi(self, command: int, data: int, order: TriggerOrder) -> SmiResult:
         """The DXE shim's SMI trigger (:class:`smmemu.dxe.communicator.SwSmiTrigger`)."""
         name = "trigger_patina" if order is TriggerOrder.PATINA else "trigger_ovmf"

@@ -30,21 +30,21 @@ def _board(profile: str) -> tuple[PortBus, Ich9PmBlock, Line]:
 
 
 @pytest.mark.parametrize("profile", ["q35", "intel"])
-def test_apm_cnt_write_without_apmc_en_raises_no_smi(profile: str) -> None:
+def test_item17_apm_cnt_write_without_apmc_en_raises_no_smi(profile: str) -> None:
     bus, _, line = _board(profile)
     bus.write(0xB2, 1, 0x42)
     assert line.count == 0
 
 
 @pytest.mark.parametrize("profile", ["q35", "intel"])
-def test_apm_cnt_write_with_apmc_en_raises_smi(profile: str) -> None:
+def test_item17_apm_cnt_write_with_apmc_en_raises_smi(profile: str) -> None:
     bus, _, line = _board(profile)
     bus.write(0x630, 4, SmiEn.APMC_EN | SmiEn.GBL_SMI_EN)
     bus.write(0xB2, 1, 0x42)
     assert line.count == 1
 
 
-def test_apm_sts_reads_back_what_was_written() -> None:
+def test_item17_apm_sts_reads_back_what_was_written() -> None:
     bus, _, _ = _board("q35")
     bus.write(0xB3, 1, 0x5A)
     assert bus.read(0xB3, 1) == 0x5A
@@ -52,7 +52,7 @@ def test_apm_sts_reads_back_what_was_written() -> None:
     assert (bus.read(0xB2, 1), bus.read(0xB3, 1)) == (0xC3, 0xA5)
 
 
-def test_q35_acpi_enable_and_disable_commands_raise_no_smi() -> None:
+def test_item17_q35_acpi_enable_and_disable_commands_raise_no_smi() -> None:
     bus, pm, line = _board("q35")
     bus.write(0x630, 4, SmiEn.APMC_EN)
     bus.write(0xB2, 1, 0x02)
@@ -61,21 +61,21 @@ def test_q35_acpi_enable_and_disable_commands_raise_no_smi() -> None:
     assert (line.count, pm.pm1_cnt & 1) == (0, 0)
 
 
-def test_intel_needs_gbl_smi_en() -> None:
+def test_item17_intel_needs_gbl_smi_en() -> None:
     bus, _, line = _board("intel")
     bus.write(0x630, 4, SmiEn.APMC_EN)
     bus.write(0xB2, 1, 0x42)
     assert line.count == 0
 
 
-def test_q35_ignores_gbl_smi_en() -> None:
+def test_item17_q35_ignores_gbl_smi_en() -> None:
     bus, _, line = _board("q35")
     bus.write(0x630, 4, SmiEn.APMC_EN)
     bus.write(0xB2, 1, 0x42)
     assert line.count == 1
 
 
-def test_intel_sets_apm_sts_and_clears_it_write_one_to_clear() -> None:
+def test_item20_intel_sets_apm_sts_and_clears_it_write_one_to_clear() -> None:
     bus, _, _ = _board("intel")
     bus.write(0x630, 4, SmiEn.APMC_EN | SmiEn.GBL_SMI_EN)
     bus.write(0xB2, 1, 0x42)
@@ -86,7 +86,7 @@ def test_intel_sets_apm_sts_and_clears_it_write_one_to_clear() -> None:
     assert not bus.read(0x634, 4) & SmiSts.APM_STS
 
 
-def test_q35_never_sets_apm_sts_and_masks_smi_sts_writes() -> None:
+def test_item20_q35_never_sets_apm_sts_and_masks_smi_sts_writes() -> None:
     bus, _, _ = _board("q35")
     bus.write(0x630, 4, SmiEn.APMC_EN)
     bus.write(0xB2, 1, 0x42)
@@ -95,7 +95,7 @@ def test_q35_never_sets_apm_sts_and_masks_smi_sts_writes() -> None:
     assert bus.read(0x634, 4) == SmiSts.SWSMI_TMR_STS | SmiSts.PERIODIC_STS
 
 
-def test_intel_eos_blocks_the_next_smi_until_set() -> None:
+def test_item19_intel_eos_blocks_the_next_smi_until_set() -> None:
     bus, _, line = _board("intel")
     bus.write(0x630, 4, SmiEn.APMC_EN | SmiEn.GBL_SMI_EN)
     bus.write(0xB2, 1, 0x42)
@@ -108,7 +108,7 @@ def test_intel_eos_blocks_the_next_smi_until_set() -> None:
     assert line.count == 2  # APM_STS was latched again while the line was busy
 
 
-def test_intel_setting_eos_with_nothing_pending_raises_nothing() -> None:
+def test_item19_intel_setting_eos_with_nothing_pending_raises_nothing() -> None:
     bus, _, line = _board("intel")
     bus.write(0x630, 4, SmiEn.APMC_EN | SmiEn.GBL_SMI_EN)
     bus.write(0xB2, 1, 0x42)

@@ -13,7 +13,7 @@ OUT_THEN_MARKER = bytes.fromhex("b042 e6b2 48c7c334120000 f4")
 CODE_ADDRESS = 0x2_0000
 
 
-def test_smi_taken_at_instruction_boundary_after_the_out(machine: Machine) -> None:
+def test_item01_smi_taken_at_instruction_boundary_after_the_out(machine: Machine) -> None:
     result = machine.run_guest(OUT_THEN_MARKER, address=CODE_ADDRESS, regs={"rbx": 0})
     assert result.stop is StopReason.HALTED
     assert len(result.smis) == 1
@@ -23,7 +23,7 @@ def test_smi_taken_at_instruction_boundary_after_the_out(machine: Machine) -> No
     assert result.registers["rbx"] == 0x1234
 
 
-def test_save_state_holds_interrupted_registers_at_profile_offsets(machine: Machine) -> None:
+def test_item05_save_state_holds_interrupted_registers_at_profile_offsets(machine: Machine) -> None:
     regs = {name: 0x1111_0000_0000_0000 + index for index, name in enumerate(
         ("rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
          "r14", "r15"))}
@@ -50,7 +50,7 @@ def test_save_state_holds_interrupted_registers_at_profile_offsets(machine: Mach
         assert result.save_state[name] == value
 
 
-def test_q35_map_stores_four_bytes_into_cr0_cr4_rflags_slots(q35: Machine) -> None:
+def test_item05_q35_map_stores_four_bytes_into_cr0_cr4_rflags_slots(q35: Machine) -> None:
     smbase = q35.profile.smbase
     for offset in (0xFF48, 0xFF58, 0xFF70, 0xFF60, 0xFF68):
         q35.write_physical(smbase + offset + 4, b"\xee\xee\xee\xee", smm=True)
@@ -59,21 +59,21 @@ def test_q35_map_stores_four_bytes_into_cr0_cr4_rflags_slots(q35: Machine) -> No
         assert q35.read_physical(smbase + offset + 4, 4, smm=True) == b"\xee\xee\xee\xee"
 
 
-def test_q35_segment_attributes_use_qemu_encoding(q35: Machine) -> None:
+def test_item05_q35_segment_attributes_use_qemu_encoding(q35: Machine) -> None:
     save_state = q35.software_smi(0x10).save_state
     assert save_state["cs_attributes"] == 0xA09B
     assert save_state["ds_attributes"] == 0xC093
     assert save_state["cs_limit"] == 0xFFFF_FFFF
 
 
-def test_intel_iomisc_describes_the_out_that_raised_the_smi() -> None:
+def test_item05_intel_iomisc_describes_the_out_that_raised_the_smi() -> None:
     with Machine("intel") as m:
         save_state = m.software_smi(0x10).save_state
     # port 0xB2 in 31:16, type OUT imm (8) in 7:4, length 2 (word) in 3:1, SmiFlag in bit 0
     assert save_state["io_misc"] == (0xB2 << 16) | (8 << 4) | (2 << 1) | 1
 
 
-def test_handler_changing_saved_rax_changes_callers_rax(machine: Machine) -> None:
+def test_item07_handler_changing_saved_rax_changes_callers_rax(machine: Machine) -> None:
     offset = 0xFFF8 if machine.profile.name == "q35" else 0xFF5C
     machine.install_handler(store_qword_handler(machine.profile.smbase + offset,
                                                 0x0123_4567_89AB_CDEF), None)
@@ -83,7 +83,7 @@ def test_handler_changing_saved_rax_changes_callers_rax(machine: Machine) -> Non
     assert result.registers["rax"] == 0x0123_4567_89AB_CDEF
 
 
-def test_handler_changing_saved_rip_redirects_the_return(q35: Machine) -> None:
+def test_item07_handler_changing_saved_rip_redirects_the_return(q35: Machine) -> None:
     # mov al, 0x42 ; out 0xb2, al ; mov rbx, 0x1 ; hlt ; mov rbx, 0x2 ; hlt
     code = bytes.fromhex("b042 e6b2 48c7c301000000 f4 48c7c302000000 f4")
     q35.install_handler(store_qword_handler(q35.profile.smbase + 0xFF78, CODE_ADDRESS + 12), None)
@@ -92,7 +92,7 @@ def test_handler_changing_saved_rip_redirects_the_return(q35: Machine) -> None:
     assert result.registers["rbx"] == 2
 
 
-def test_rsm_leaves_cr2_as_smm_left_it(q35: Machine) -> None:
+def test_item07_rsm_leaves_cr2_as_smm_left_it(q35: Machine) -> None:
     q35.run_guest(bytes.fromhex("f4"), regs={"cr2": 0xC2C2})
     result = q35.software_smi(0x10)
     assert result.ok
@@ -100,7 +100,7 @@ def test_rsm_leaves_cr2_as_smm_left_it(q35: Machine) -> None:
 
 
 @pytest.mark.parametrize("profile", ["q35", "intel"])
-def test_entry_state_is_architectural(profile: str) -> None:
+def test_item03_entry_state_is_architectural(profile: str) -> None:
     with Machine(profile) as m:
         seen: dict[str, int] = {}
         engine = m.cpu.engine

@@ -20,7 +20,7 @@ def _write_guest(address: int, value: int) -> bytes:
             + b"\xf4")
 
 
-def test_guest_read_of_smram_outside_smm_returns_all_ones(machine: Machine) -> None:
+def test_item13_guest_read_of_smram_outside_smm_returns_all_ones(machine: Machine) -> None:
     smbase = machine.profile.smbase
     real = machine.read_physical(smbase + 0x8000, 8, smm=True)
     assert real != b"\xff" * 8
@@ -31,7 +31,7 @@ def test_guest_read_of_smram_outside_smm_returns_all_ones(machine: Machine) -> N
     assert all(a.source == "guest" and a.address >= smbase for a in result.smram_accesses)
 
 
-def test_guest_write_to_smram_outside_smm_is_dropped_and_recorded(machine: Machine) -> None:
+def test_item13_guest_write_to_smram_outside_smm_is_dropped_and_recorded(machine: Machine) -> None:
     target = machine.profile.smbase + 0x1_0000
     before = machine.read_physical(target, 8, smm=True)
     result = machine.run_guest(_write_guest(target, 0xDEAD_BEEF_CAFE_F00D))
@@ -43,14 +43,14 @@ def test_guest_write_to_smram_outside_smm_is_dropped_and_recorded(machine: Machi
     assert writes[0].rip == 0x2_0000 + 10
 
 
-def test_smm_still_sees_real_smram_after_a_blocked_access(machine: Machine) -> None:
+def test_item13_smm_still_sees_real_smram_after_a_blocked_access(machine: Machine) -> None:
     machine.run_guest(_read_guest(machine.profile.smbase))
     assert machine.communicate(ECHO_HANDLER_GUID, b"after").data == b"after"
     again = machine.run_guest(_read_guest(machine.profile.smbase + 0x8000))
     assert again.registers["rax"] == 0xFFFF_FFFF_FFFF_FFFF
 
 
-def test_host_read_outside_smm_returns_all_ones_and_is_recorded(q35: Machine) -> None:
+def test_item13_host_read_outside_smm_returns_all_ones_and_is_recorded(q35: Machine) -> None:
     base, size = q35.smram[0]
     data = q35.read_physical(base - 4, 8)
     assert data[4:] == b"\xff" * 4
@@ -59,7 +59,7 @@ def test_host_read_outside_smm_returns_all_ones_and_is_recorded(q35: Machine) ->
     assert q35.read_physical(base + size - 16, 16, smm=True) is not None
 
 
-def test_host_write_outside_smm_is_dropped_and_recorded(q35: Machine) -> None:
+def test_item13_host_write_outside_smm_is_dropped_and_recorded(q35: Machine) -> None:
     address = q35.profile.smbase + 0x8000
     before = q35.read_physical(address, 4, smm=True)
     q35.write_physical(address, b"\x90\x90\x90\x90")
@@ -70,7 +70,7 @@ def test_host_write_outside_smm_is_dropped_and_recorded(q35: Machine) -> None:
     assert q35.communicate(ECHO_HANDLER_GUID, b"core intact").status == EFI_SUCCESS
 
 
-def test_non_smm_jump_into_smram_is_refused(q35: Machine) -> None:
+def test_item13_non_smm_jump_into_smram_is_refused(q35: Machine) -> None:
     # movabs rax, entry ; jmp rax
     entry = q35.profile.smbase + 0x8000
     code = b"\x48\xb8" + struct.pack("<Q", entry) + b"\xff\xe0"
@@ -79,7 +79,7 @@ def test_non_smm_jump_into_smram_is_refused(q35: Machine) -> None:
     assert q35.communicate(ECHO_HANDLER_GUID, b"usable").data == b"usable"
 
 
-def test_cached_smram_code_does_not_leak_to_non_smm(q35: Machine) -> None:
+def test_item13_cached_smram_code_does_not_leak_to_non_smm(q35: Machine) -> None:
     """SMM code is translated by earlier SMIs; a non-SMM jump to it must still be refused."""
     for _ in range(3):
         q35.communicate(ECHO_HANDLER_GUID, b"warm the cache")

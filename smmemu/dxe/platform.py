@@ -79,7 +79,10 @@ class DxePlatform:
 
     def _install(self) -> None:
         memory = self._memory
-        gdt = struct.pack("<QQQ", 0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF)
+        # 0x08 64-bit code, 0x10 flat data, 0x18 32-bit code, 0x20 16-bit code (for guest
+        # code that runs in compatibility mode).
+        gdt = struct.pack("<QQQQQ", 0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF,
+                          0x00CF_9B00_0000_FFFF, 0x008F_9B00_0000_FFFF)
         memory.write(GDT_ADDRESS, gdt, smm=False)
         # Identity map 4 GiB with 2 MiB pages: PML4 -> PDPT -> 4 PDs, all RWX.
         pdpt, pd0 = PML4_ADDRESS + 0x1000, PML4_ADDRESS + 0x2000
@@ -98,7 +101,7 @@ class DxePlatform:
 
     def _build_context(self) -> None:
         engine = self._cpu.engine
-        engine.set_table_reg("gdtr", 0, GDT_ADDRESS, 0x17, 0)
+        engine.set_table_reg("gdtr", 0, GDT_ADDRESS, 0x27, 0)
         engine.set_table_reg("idtr", 0, 0, 0, 0)
         engine.set_reg("cr4", 0x620)
         engine.set_reg("efer", 0xD01)

@@ -162,6 +162,11 @@ class RestoreImage:
     dr7: int
     smbase: int
     revision: int
+    io_restart: int = 0
+    auto_halt_restart: int = 0
+    io_smi: bool = False
+    """IOMisc.SmiFlag (Intel map): the SMI came from the I/O instruction at ``io_rip``."""
+    io_rip: int = 0
 
 
 def attributes_from_flags(flags: int) -> int:
@@ -238,7 +243,7 @@ def _write_amd64(view: memoryview, o: int, snap: CpuSnapshot, smbase: int, revis
 
 
 def _write_intel64(view: memoryview, o: int, snap: CpuSnapshot, smbase: int, revision: int,
-                   io: IoTrap | None) -> None:
+                   io: IoTrap | None, halted: bool) -> None:
     caches = snap.caches
     for base, low, high in ((caches[8][1], "GdtBaseLoDword", "GdtBaseHiDword"),
                             (caches[9][1], "IdtBaseLoDword", "IdtBaseHiDword"),
@@ -247,7 +252,8 @@ def _write_intel64(view: memoryview, o: int, snap: CpuSnapshot, smbase: int, rev
         _U32.pack_into(view, o + _I(high), base >> 32)
     _U32.pack_into(view, o + _I("CR4"), _low32(snap.cr4))
     _PAIR32.pack_into(view, o + _I("SMBASE"), smbase, revision)
-    struct.pack_into("<HH", view, o + _I("IORestart"), 0, 0)
+    # I/O restart is armed by the handler; auto-HALT restart is set when the SMI woke a HLT.
+    struct.pack_into("<HH", view, o + _I("IORestart"), 0, int(halted))
     gprs = snap.gprs
     _OCTO.pack_into(view, o + _I("R15"), *(gprs[i] for i in _AMD_HIGH_GPRS))
     _OCTO.pack_into(view, o + _I("RAX"), *(gprs[i] for i in _INTEL_LOW_GPRS))
@@ -265,15 +271,18 @@ def _write_intel64(view: memoryview, o: int, snap: CpuSnapshot, smbase: int, rev
 
 
 def write_save_state(kind: SaveStateKind, view: memoryview, offset: int, snap: CpuSnapshot, *,
-                     smbase: int, revision: int, io: IoTrap | None) -> None:
+                     smbase: int, revision: int, io: IoTrap | None,
+                     halted: bool = False) -> None:
     """Write the save-state map for ``snap`` in place at ``view[offset:]``.
 
-    Fields the CPU does not store keep their old bytes, as on the CPU.
+    Fields the CPU does not store keep their old bytes, as on the CPU. QEMU's
+    AMD64-style map has no I/O restart or auto-HALT restart support, so
+    ``halted`` only sets the Intel map's AutoHALTRestart bit.
     """
     if kind is SaveStateKind.AMD64:
         _write_amd64(view, offset, snap, smbase, revision, io)
     else:
-        _write_intel64(view, offset, snap, smbase, revision, io)
+        _write_intel64(view, offset, snap, smbase, revision, io, halted)
 
 
 def read_restore_image(kind: SaveStateKind, view: memoryview | bytes, o: int) -> RestoreImage:
@@ -299,7 +308,11 @@ def read_restore_image(kind: SaveStateKind, view: memoryview | bytes, o: int) ->
     dr7, dr6, rip, efer, rflags, cr3, cr0 = _INTEL_TAIL.unpack_from(view, o + _I("DR7"))
     smbase, revision = _PAIR32.unpack_from(view, o + _I("SMBASE"))
     cr4 = _U32.unpack_from(view, o + _I("CR4"))[0]
-    return RestoreImage(tuple(gprs), rip, rflags, cr0, cr3, cr4, efer, dr6, dr7, smbase, revision)
+    io_restart, auto_halt = struct.unpack_from("<HH", view, o + _I("IORestart"))
+    io_misc = _U32.unpack_from(view, o + _I("IOMisc"))[0]
+    return RestoreImage(tuple(gprs), rip, rflags, cr0, cr3, cr4, efer, dr6, dr7, smbase, revision,
+                        io_restart, auto_halt, bool(io_misc & 1),
+                        _U64.unpack_from(view, o + _I("IO_EIP"))[0])
 
 
 def decode_save_state(kind: SaveStateKind, raw: bytes) -> dict[str, int]:
