@@ -19,6 +19,7 @@ therefore the instruction after the OUT and nothing after the OUT has run.
 
 from __future__ import annotations
 
+import enum
 import logging
 import struct
 import threading
@@ -44,7 +45,7 @@ from smmemu.smm.savestate import (
 )
 from smmemu.smm.smram import SmramView
 
-__all__ = ["Cpu", "FaultDecoder"]
+__all__ = ["Cpu", "FaultDecoder", "RunState"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,14 @@ _CR4_RESERVED = (1 << 15) | ~((1 << 25) - 1)
 
 FaultDecoder = Callable[[], FaultRecord | None]
 """Reads (and clears) the MM core's fault record after SMM code halted."""
+
+
+class RunState(enum.Enum):
+    """Where a CPU is in a run."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    DONE = "done"
 
 
 class _Watchdog:
@@ -143,6 +152,9 @@ class Cpu:
         ports: PortBus,
         fault_decoder: FaultDecoder,
         on_abandon: Callable[[], None],
+        *,
+        smbase: int | None = None,
+        preemptive: bool = False,
     ) -> None:
         self.index = index
         self._profile = profile
@@ -154,7 +166,7 @@ class Cpu:
         self.layout = self.engine.layout
         self.engine.map_host(0, memory.smram_base, memory.dram.address)
         self.smram = SmramView(self.engine, memory, lambda: self.engine.reg("rip"))
-        self.smbase = profile.smbase
+        self.smbase = profile.smbase if smbase is None else smbase
         self.in_smm = False
         self.halted = False
         """True while the CPU sits in HLT outside SMM (the end of every run)."""
@@ -173,7 +185,16 @@ class Cpu:
         self.msr = MsrBank(profile, is_bsp=index == 0)
         self._msr_sites: dict[int, bool] = {}
         self._msr_stop: tuple[int, bool] | None = None
+        self.state = RunState.IDLE
+        self._next_rip = 0
+        self._started = 0.0
+        self.executed = 0
+        """Bytes of code executed under preemption: the CPU's virtual clock, 1 ns per byte."""
+        self._quantum_end = 0
+        self._preempted = False
         self._install_hooks()
+        if preemptive:
+            self.engine.on_block(self._on_block)
 
     # -- hooks ----------------------------------------------------------------
     def _install_hooks(self) -> None:
@@ -200,6 +221,13 @@ class Cpu:
             self._msr_stop = (address, self._msr_sites[address])
             self.engine.stop()
 
+    def _on_block(self, _address: int, size: int) -> None:
+        if self.executed >= self._quantum_end:
+            self._preempted = True
+            self.engine.stop()
+            return
+        self.executed += size
+
     def _on_port_out(self, port: int, size: int, value: int) -> None:
         self._last_io = (port, size, False)
         self._ports.write(port, size, value)
@@ -209,6 +237,10 @@ class Cpu:
         return self._ports.read(port, size)
 
     def _on_outside_code(self, address: int, _size: int) -> None:
+        if self.in_smm and self.smbase <= address < self.smbase + 0x1_0000:
+            # Still the CPU's own SMBASE area (the reset SMBASE 0x30000 during relocation,
+            # which QEMU backs with its smbase-smram window).
+            return
         if self.in_smm and self.msr.code_check_enabled:
             self._run.findings.append(Finding(
                 "machine-check", f"SMM code fetch outside SMRAM at {address:#x} with "
@@ -266,9 +298,15 @@ class Cpu:
         self._smi_pending = True
 
     # -- running --------------------------------------------------------------
+    @property
+    def smi_pending(self) -> bool:
+        """An SMI is latched and not yet taken."""
+        return self._smi_pending
+
     def run(self, rip: int, *, budget: float) -> SmiResult:
         """Run non-SMM code from ``rip`` until it halts, servicing every SMI it raises."""
-        return self._drive(rip, budget=budget, wake=False)
+        self.start(rip)
+        return self._finish_alone(budget)
 
     def service_pending_smi(self, *, budget: float) -> SmiResult:
         """Take a pending SMI on a halted CPU (an SMI IPI) and run until it halts again.
@@ -276,27 +314,60 @@ class Cpu:
         The SMI wakes the CPU from HLT: the Intel map's auto-HALT restart bit is
         set, and RSM either halts again (bit left set) or resumes after the HLT.
         """
-        return self._drive(self.engine.reg("rip"), budget=budget, wake=True)
+        self.wake()
+        return self._finish_alone(budget)
 
-    def _drive(self, rip: int, *, budget: float, wake: bool) -> SmiResult:
-        started = time.perf_counter()
-        self._run = _Run()
-        next_rip = rip
+    def _finish_alone(self, budget: float) -> SmiResult:
         self._watchdog.arm(budget)
-        if wake and self._smi_pending and not self.in_smm:
-            next_rip = self._enter_smm(halted=self.halted)
-        self.halted = False
         try:
-            while self._run.stop is None:
-                next_rip = self._segment(next_rip)
+            while self.state is RunState.RUNNING:
+                self.step(None)
         finally:
             self._watchdog.disarm()
+        return self.result()
+
+    def start(self, rip: int) -> None:
+        """Begin a run of non-SMM code at ``rip`` (driven by :meth:`step`)."""
+        self._run = _Run()
+        self._started = time.perf_counter()
+        self._next_rip = rip
+        self.halted = False
+        self.state = RunState.RUNNING
+
+    def wake(self) -> None:
+        """Begin a run that takes the pending SMI where the CPU waits."""
+        self._run = _Run()
+        self._started = time.perf_counter()
+        self.state = RunState.RUNNING
+        self._next_rip = self.engine.reg("rip")
+        if self._smi_pending and not self.in_smm:
+            self._next_rip = self._enter_smm(halted=self.halted)
+        self.halted = False
+
+    def step(self, quantum: int | None) -> None:
+        """Run one segment: up to ``quantum`` bytes of code when preemptive, else to a stop."""
+        if self.state is not RunState.RUNNING:
+            return
+        self._quantum_end = self.executed + quantum if quantum is not None else 1 << 62
+        self._next_rip = self._segment(self._next_rip)
+        if self._run.stop is not None:
+            self.state = RunState.DONE
+
+    def stop_with(self, stop: StopReason, detail: str) -> None:
+        """End the current run from outside (the machine's budget ran out)."""
+        if self.state is RunState.RUNNING:
+            self._finish(stop, self._where(detail))
+            self.state = RunState.DONE
+
+    def result(self) -> SmiResult:
+        """The outcome of the run that just ended (leaves SMM if it ended inside)."""
         if self.in_smm:
             self._abandon_smi()
+        self.state = RunState.IDLE
         return SmiResult(
-            stop=self._run.stop, smis=self._run.smis, registers=self.registers(),
-            findings=self._run.findings, detail=self._run.detail,
-            elapsed=time.perf_counter() - started,
+            stop=self._run.stop or StopReason.HALTED, smis=self._run.smis,
+            registers=self.registers(), findings=self._run.findings, detail=self._run.detail,
+            elapsed=time.perf_counter() - self._started,
         )
 
     def _segment(self, rip: int) -> int:
@@ -304,6 +375,7 @@ class Cpu:
         self._rsm_requested = False
         self._exception_stop = None
         self._msr_stop = None
+        self._preempted = False
         try:
             self.engine.run(rip, self._until())
         except RunFault as run_fault:
@@ -315,6 +387,9 @@ class Cpu:
         if self._watchdog.expired:
             self._finish(StopReason.BUDGET_EXCEEDED, self._where("budget exceeded"))
             return 0
+        if self._preempted and not (self._exception_stop or self._msr_stop
+                                    or self._rsm_requested):
+            return self.engine.reg("rip")
         if self._exception_stop is not None:
             self._finish(*self._exception_stop)
             return 0
@@ -377,9 +452,11 @@ class Cpu:
             self._templates[smbase] = template
         return template
 
-    def _save_state_offset(self) -> int:
-        """Offset of this CPU's save-state map inside the SMRAM host buffer."""
-        return self.smbase + self._profile.save_state_offset - self._memory.smram_base
+    def _save_state_view(self) -> tuple[memoryview, int]:
+        """The host buffer and offset of this CPU's save-state map (SMRAM, or DRAM at 0x30000)."""
+        kind = self._profile.save_state
+        return self._memory.view_at(self.smbase + self._profile.save_state_offset,
+                                    map_size(kind))
 
     def _enter_smm(self, *, halted: bool = False) -> int:
         engine = self.engine
@@ -388,7 +465,7 @@ class Cpu:
         snap = context.snapshot(self.layout, interrupted, rflags=engine.reg("rflags"))
         io = self._io_trap_for(snap) if self._io_trap is not None else None
         self._io_trap = None
-        view, offset = self._memory.smram.view, self._save_state_offset()
+        view, offset = self._save_state_view()
         kind = self._profile.save_state
         write_save_state(kind, view, offset, snap, smbase=self.smbase,
                          revision=self._profile.smm_revision, io=io, halted=halted)
@@ -422,8 +499,7 @@ class Cpu:
         if frame is None:
             self._finish(StopReason.SHUTDOWN, "RSM without an SMI frame")
             return 0
-        image = read_restore_image(self._profile.save_state, self._memory.smram.view,
-                                   self._save_state_offset())
+        image = read_restore_image(self._profile.save_state, *self._save_state_view())
         reason = _shutdown_reason(image)
         if reason is not None:
             self._run.findings.append(Finding("rsm-shutdown", reason))
@@ -500,8 +576,10 @@ class Cpu:
     # -- exceptions in SMM ------------------------------------------------------
     def _linear(self, rip: int) -> int:
         """CS.base + RIP: hooks report RIP, which is an offset outside 64-bit mode."""
-        base = struct.unpack_from("<Q", self.engine.save_context(), self.layout.seg("cs") + 8)[0]
+        blob = self.engine.save_context()
+        base = int(struct.unpack_from("<Q", blob, self.layout.seg("cs") + 8)[0])
         return (base + rip) & 0xFFFF_FFFF_FFFF_FFFF
+
     def _read_code(self, linear: int, size: int) -> bytes:
         physical = self._linear_to_physical(linear)
         if physical is None:

@@ -30,6 +30,7 @@ from unicorn import x86_const as x86
 from unicorn.unicorn import Uc, UcContext, UcError, uc_version
 from unicorn.unicorn_const import (
     UC_ARCH_X86,
+    UC_HOOK_BLOCK,
     UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
@@ -475,6 +476,17 @@ class Engine:
             callback(address, size)
 
         self._hooks.append(self._uc.hook_add(UC_HOOK_CODE, hook, None, begin, end))
+
+    def on_block(self, callback: Callable[[int, int], None]) -> None:
+        """Call ``callback(address, size)`` before every basic block (slow: about 0.5 us each).
+
+        Used only when CPUs are interleaved; ``stop`` in it stops before the block.
+        """
+
+        def hook(_uc: Uc, address: int, size: int, _user: object) -> None:
+            callback(address, size)
+
+        self._hooks.append(self._uc.hook_add(UC_HOOK_BLOCK, hook))
 
     def on_protection_fault(self, callback: Callable[[str, int, int, int], bool]) -> None:
         """Call ``callback(kind, address, size, value)`` on a host-permission violation.

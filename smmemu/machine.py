@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import struct
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -31,6 +32,13 @@ from smmemu.chipset.pci import (
     Q35Mch,
     RefusedWrite,
 )
+from smmemu.boot import (
+    RESET_SMBASE,
+    install_core,
+    install_entry_stubs,
+    relocate_smbases,
+    smbase_of,
+)
 from smmemu.cpu import Cpu
 from smmemu.disasm import Mode, disassemble, find_mnemonics
 from smmemu.dxe.communicator import CommunicateBuffer, MmCommunicator, TriggerOrder
@@ -40,14 +48,13 @@ from smmemu.firmware.image import MmCoreImage
 from smmemu.memory import PhysicalMemory, SmramAccess
 from smmemu.profiles import Profile, get_profile
 from smmemu.results import CommResult, FaultRecord, SmiResult, StopReason
-from smmemu.uefi.communicate import MmCommBuffer
+from smmemu.scheduler import Scheduler
 from smmemu.uefi.guids import parse_guid
 
 __all__ = ["SETTABLE_REGISTERS", "Machine"]
 
 log = logging.getLogger(__name__)
 
-_BOOT_INFO_SIGNATURE = b"SMEMBOOT"
 _PM_NAME = "ICH9 ACPI/PM (PMBASE)"
 _COMM_BUFFERS = (  # (id, address, pages, status address): 0 = supervisor, 1 = user
     (0, 0x0010_0000, 4, 0x0011_0000),
@@ -83,7 +90,7 @@ class Machine:
     SETTABLE_REGISTERS = SETTABLE_REGISTERS
 
     def __init__(self, profile: str = "q35", image: str | Path | None = None, *,
-                 budget: float = 2.0, trigger_order: str = "patina") -> None:
+                 cpus: int = 1, budget: float = 2.0, trigger_order: str = "patina") -> None:
         self.profile: Profile = get_profile(profile)
         if not budget > 0:
             raise ConfigError(f"budget must be positive, got {budget!r}", field="budget",
@@ -95,6 +102,10 @@ class Machine:
                               field="trigger_order", value=trigger_order) from None
         self.image = MmCoreImage.load(image)
         self._check_image_fits()
+        max_cpus = self.image.constants["MAX_CPUS"]
+        if not 1 <= cpus <= max_cpus:
+            raise ConfigError(f"cpus must be between 1 and {max_cpus}, got {cpus}",
+                              field="cpus", value=cpus)
         self.budget = budget
         self._closed = False
         p = self.profile
@@ -111,11 +122,21 @@ class Machine:
         self.ports.attach(0xB2, 2, self.apm, "ICH9 APM (APM_CNT, APM_STS)")
         self.ports.attach(p.pmbase, PM_BLOCK_SIZE, self.pm, _PM_NAME)
         self.ports.attach(0xCF8, 8, ConfigAddressPorts(self.pci), "PCI CONFIG_ADDRESS/DATA")
-        self._cpu = Cpu(0, p, self._memory, self.ports, self._decode_fault,
-                        self.pm.recover_line)
-        self._cpu.engine.map_mmio(ECAM_BASE, ECAM_SIZE, self.pci.ecam_read, self.pci.ecam_write)
-        self._load_core()
-        self._dxe = DxePlatform(self._cpu, self._memory, p.pmbase)
+        self._cpus = [
+            Cpu(index, p, self._memory, self.ports, self._fault_decoder(index),
+                self.pm.recover_line, smbase=RESET_SMBASE, preemptive=cpus > 1)
+            for index in range(cpus)
+        ]
+        self._scheduler = Scheduler(self._cpus)
+        for cpu in self._cpus:
+            cpu.engine.map_mmio(ECAM_BASE, ECAM_SIZE, self.pci.ecam_read, self.pci.ecam_write)
+            cpu.watch_msr_sites(self.image.msr_sites)
+        install_core(self.image, self._memory, p, _COMM_BUFFERS, cpus)
+        self._invalidate(p.tseg_base, p.tseg_base + p.tseg_size)
+        install_entry_stubs(self.image, self._memory, cpus)
+        self._dxe = DxePlatform(self._memory, p.pmbase)
+        for cpu in self._cpus:
+            self._dxe.prepare(cpu)
         buffers = [CommunicateBuffer(i, address, pages * 0x1000, status)
                    for i, address, pages, status in _COMM_BUFFERS]
         self._communicator = MmCommunicator(buffers, self, self, order=order)
@@ -123,36 +144,23 @@ class Machine:
 
     # -- construction -----------------------------------------------------------
     def _check_image_fits(self) -> None:
-        p = self.profile
-        entry = p.smbase + 0x8000
-        if self.image.load_address != entry:
+        p, image = self.profile, self.image
+        if image.constants["TSEG_BASE"] != p.tseg_base:
             raise ImageError(
-                f"{self.image.path} is linked at {self.image.load_address:#x}, but profile "
-                f"{p.name} enters SMM at SMBASE+0x8000 = {entry:#x}", path=str(self.image.path))
-        if self.image.constants["TSEG_BASE"] != p.tseg_base:
-            raise ImageError(
-                f"{self.image.path} expects TSEG at {self.image.constants['TSEG_BASE']:#x}, "
-                f"profile {p.name} has it at {p.tseg_base:#x}", path=str(self.image.path))
-        if self.image.end > p.smbase + p.save_state_offset - 0x100:
-            raise ImageError(f"{self.image.path} overlaps the save-state area",
-                             path=str(self.image.path))
-
-    def _load_core(self) -> None:
-        p = self.profile
-        self._memory.write(self.image.load_address, self.image.blob, smm=True)
-        self._cpu.engine.invalidate_code(self.image.load_address, self.image.end)
-        self._cpu.watch_msr_sites(self.image.msr_sites)
-        boot = bytearray(0x60)
-        boot[0:8] = _BOOT_INFO_SIGNATURE
-        struct.pack_into("<II", boot, 8, 1, len(_COMM_BUFFERS))
-        for index, address, pages, status in _COMM_BUFFERS:
-            record = MmCommBuffer(PhysicalStart=address, NumberOfPages=pages, Status=status)
-            boot[0x10 + index * 0x18:0x28 + index * 0x18] = record.to_bytes()
-        struct.pack_into("<QQQ", boot, 0x40, p.tseg_base, p.tseg_size, p.pmbase)
-        self._memory.write(self.image.constants["BOOT_INFO"], bytes(boot), smm=True)
+                f"{image.path} expects TSEG at {image.constants['TSEG_BASE']:#x}, "
+                f"profile {p.name} has it at {p.tseg_base:#x}", path=str(image.path))
+        last_tile = smbase_of(image, image.constants["MAX_CPUS"] - 1) + 0x10000
+        if image.load_address < last_tile or image.end > p.tseg_base + p.tseg_size:
+            raise ImageError(f"{image.path} at {image.load_address:#x} overlaps the SMBASE "
+                             f"tiles or leaves TSEG", path=str(image.path))
 
     def _boot(self) -> None:
-        result = self._dxe.run("enable_smi", {}, budget=self.budget)
+        for cpu in self._cpus:
+            parked = cpu.run(self._dxe.addresses["park"], budget=self.budget)
+            if parked.stop is not StopReason.HALTED:
+                raise EngineError(f"CPU {cpu.index} did not park: {parked.detail}")
+        relocate_smbases(self.image, self._memory, self.profile, self._cpus, self.budget)
+        result = self._run_trampoline("enable_smi", {})
         if result.stop is not StopReason.HALTED:
             raise EngineError(f"platform SMI enable failed: {result.detail}")
         result = self.software_smi(0x00)
@@ -161,21 +169,49 @@ class Machine:
                              f"{result.detail}", path=str(self.image.path))
         log.debug("MM core initialised in %.1f ms", result.elapsed * 1e3)
 
+    def _invalidate(self, begin: int, end: int) -> None:
+        for cpu in self._cpus:
+            cpu.engine.invalidate_code(begin, end)
+
+    def _run_on(self, cpu: Cpu, rip: int, regs: dict[str, int]) -> SmiResult:
+        """Run non-SMM code on ``cpu`` (with every CPU the SMIs it raises reach)."""
+        for name, value in regs.items():
+            cpu.engine.set_reg(name, value)
+        before = len(self._memory.findings)
+        if len(self._cpus) == 1:
+            result = cpu.run(rip, budget=self.budget)
+        else:
+            cpu.start(rip)
+            result = self._scheduler.run(cpu, self.budget)
+        result.smram_accesses.extend(self._memory.findings[before:])
+        return result
+
+    def _run_trampoline(self, name: str, regs: dict[str, int]) -> SmiResult:
+        regs = {**regs, "rsp": 0x8_0000}
+        return self._run_on(self._cpus[0], self._dxe.addresses[name], regs)
+
     # -- chipset -> CPU ----------------------------------------------------------
     def _raise_smi(self) -> None:
-        self._cpu.raise_smi()
+        # QEMU broadcasts APM SMIs to every CPU (smm_semantics.md 5.5).
+        for cpu in self._cpus:
+            cpu.raise_smi()
 
     def _on_tseg_change(self) -> None:
         self._memory.smram_closed = self.mch.tseg_closed
-        if not self._cpu.in_smm:
-            self._cpu.smram.close()
+        for cpu in self._cpus:
+            if not cpu.in_smm:
+                cpu.smram.close()
 
     def _on_pmbase_change(self, pmbase: int) -> None:
         self.ports.detach(_PM_NAME)
         self.ports.attach(pmbase, PM_BLOCK_SIZE, self.pm, _PM_NAME)
 
-    def _decode_fault(self) -> FaultRecord | None:
-        base = self.image.constants["FAULT_RECORD"]
+    def _fault_decoder(self, cpu: int) -> Callable[[], FaultRecord | None]:
+        base = self.image.constants["FAULT_RECORD"] + cpu * self.image.constants[
+            "FAULT_RECORD_SIZE"]
+        return lambda: self._decode_fault(base)
+
+    def _decode_fault(self, base: int) -> FaultRecord | None:
         raw = self._memory.read(base, 0xC8, smm=True)
         values = struct.unpack("<25Q", raw)
         if values[0] != 1:
@@ -227,13 +263,14 @@ class Machine:
         """Write physical memory; outside SMM, SMRAM writes are dropped and recorded."""
         self._alive()
         self._memory.write(address, bytes(data), smm=smm)
-        self._cpu.engine.invalidate_code(address, address + len(data))
+        self._invalidate(address, address + len(data))
 
     def _watch_code(self, address: int, code: bytes) -> None:
         """Find ``rdmsr``/``wrmsr`` in 64-bit code the host placed, so they are emulated."""
         sites = find_mnemonics(code, address, Mode.BITS64, _MSR_MNEMONICS)
         is_write = {site: self._memory.read(site, 2, smm=True) == b"\x0f\x30" for site in sites}
-        self._cpu.watch_msr_sites(is_write)
+        for cpu in self._cpus:
+            cpu.watch_msr_sites(is_write)
 
     @property
     def smram_accesses(self) -> list[SmramAccess]:
@@ -279,25 +316,36 @@ class Machine:
                                   value=value)
         rax = values.get("rax", 0)
         values["rax"] = (rax & ~0xFFFF) | (data << 8) | command
-        before = len(self._memory.findings)
-        result = self._dxe.run("raw_smi", values, budget=self.budget)
-        result.smram_accesses.extend(self._memory.findings[before:])
-        return result
+        return self._run_trampoline("raw_smi", values)
 
-    def send_smi_ipi(self) -> SmiResult:
-        """An SMI IPI to the CPU (local APIC ICR delivery mode SMI): taken where it waits.
+    def send_smi_ipi(self, cpu: int = 0) -> SmiResult:
+        """An SMI IPI to one CPU (local APIC ICR delivery mode SMI): taken where it waits.
 
-        The CPU is halted between requests, so the SMI wakes it from HLT
+        CPUs are halted between requests, so the SMI wakes the CPU from HLT
         (auto-HALT restart in the ``intel`` profile).
+
+        Raises:
+            ConfigError: no such CPU.
         """
         self._alive()
-        self._cpu.raise_smi()
-        return self._cpu.service_pending_smi(budget=self.budget)
+        if not 0 <= cpu < len(self._cpus):
+            raise ConfigError(f"no CPU {cpu} (this machine has {len(self._cpus)})",
+                              field="cpu", value=cpu)
+        target = self._cpus[cpu]
+        target.raise_smi()
+        before = len(self._memory.findings)
+        if len(self._cpus) == 1:
+            result = target.service_pending_smi(budget=self.budget)
+        else:
+            target.wake()
+            result = self._scheduler.run(target, self.budget)
+        result.smram_accesses.extend(self._memory.findings[before:])
+        return result
 
     def trigger_sw_mmi(self, command: int, data: int, order: TriggerOrder) -> SmiResult:
         """The DXE shim's SMI trigger (:class:`smmemu.dxe.communicator.SwSmiTrigger`)."""
         name = "trigger_patina" if order is TriggerOrder.PATINA else "trigger_ovmf"
-        return self._dxe.run(name, {"rcx": command, "rdx": data}, budget=self.budget)
+        return self._run_trampoline(name, {"rcx": command, "rdx": data})
 
     def run_guest(self, code: bytes, *, address: int = 0x0002_0000,
                   regs: dict[str, int] | None = None) -> SmiResult:
@@ -309,12 +357,7 @@ class Machine:
         self._alive()
         self.write_physical(address, code)
         self._watch_code(address, code)
-        for name, value in (regs or {}).items():
-            self._cpu.engine.set_reg(name, value)
-        before = len(self._memory.findings)
-        result = self._cpu.run(address, budget=self.budget)
-        result.smram_accesses.extend(self._memory.findings[before:])
-        return result
+        return self._run_on(self._cpus[0], address, dict(regs or {}))
 
     def dxe_trampolines(self) -> tuple[Trampoline, ...]:
         """The non-SMM guest code the shim runs (bytes and their assembly)."""
@@ -322,13 +365,18 @@ class Machine:
 
     @property
     def smi_count(self) -> int:
-        """SMIs taken since the Machine was built (the boot SMI included)."""
-        return self._cpu.smi_count
+        """SMIs taken by CPU 0 since the Machine was built (relocation and boot SMIs included)."""
+        return self._cpus[0].smi_count
 
     @property
     def cpu(self) -> Cpu:
-        """The CPU (for the debugger and tests)."""
-        return self._cpu
+        """CPU 0, the BSP (for the debugger and tests)."""
+        return self._cpus[0]
+
+    @property
+    def cpus(self) -> tuple[Cpu, ...]:
+        """Every CPU, in index order."""
+        return tuple(self._cpus)
 
     def handler_table(self) -> list[tuple[uuid.UUID | None, int]]:
         """The MM core's MMI handler table: (HandlerType GUID or None for root, handler)."""
@@ -361,7 +409,7 @@ class Machine:
             raise ConfigError("a handler may be at most 4 KiB here", field="code",
                               value=len(code))
         self._memory.write(address, code, smm=True)
-        self._cpu.engine.invalidate_code(address, address + len(code))
+        self._invalidate(address, address + len(code))
         self._watch_code(address, code)
         parsed = None if guid is None else parse_guid(guid)
         flags = 3 if parsed is None else 1
@@ -377,7 +425,8 @@ class Machine:
         if self._closed:
             return
         self._closed = True
-        self._cpu.close()
+        for cpu in self._cpus:
+            cpu.close()
 
     def __enter__(self) -> Machine:
         return self

@@ -91,6 +91,20 @@ class PhysicalMemory:
         """Whether [address, address + size) overlaps SMRAM."""
         return address < self.smram_end and address + size > self.smram_base
 
+    def view_at(self, address: int, size: int) -> tuple[memoryview, int]:
+        """The host buffer holding [address, address + size) and the offset in it.
+
+        Raises:
+            MemoryAccessError: if the range is outside RAM or straddles TSEG's edge.
+        """
+        self._check(address, size)
+        if address >= self.smram_base:
+            return self.smram.view, address - self.smram_base
+        if address + size > self.smram_base:
+            raise MemoryAccessError(f"range {address:#x}+{size:#x} straddles the TSEG boundary",
+                                    address=address, size=size)
+        return self.dram.view, address
+
     def _check(self, address: int, size: int) -> None:
         if size < 0 or address < 0 or address + size > self.dram_size:
             raise MemoryAccessError(

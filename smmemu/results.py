@@ -128,11 +128,19 @@ class SmiResult:
     smram_accesses: list[SmramAccess] = field(default_factory=list)
     detail: str = ""
     elapsed: float = 0.0
+    cpu_smis: dict[int, list[SmiRecord]] = field(default_factory=dict)
+    """Every CPU's SMIs in this run (only the initiating CPU's on a one-CPU machine)."""
 
     @property
     def save_state(self) -> dict[str, int]:
         """The save-state map of the first SMI, as the MM core saw it at entry."""
         return self.smis[0].save_state if self.smis else {}
+
+    @property
+    def save_states(self) -> dict[int, dict[str, int]]:
+        """Per CPU, the save-state map of its first SMI in this run."""
+        per_cpu = self.cpu_smis or {0: self.smis}
+        return {cpu: smis[0].save_state for cpu, smis in per_cpu.items() if smis}
 
     @property
     def fault(self) -> FaultRecord | None:
@@ -159,6 +167,8 @@ class SmiResult:
                 }
                 for smi in self.smis
             ],
+            "cpus": {str(cpu): [{"index": smi.index, "smbase": hex(smi.smbase), "rsm": smi.rsm}
+                                for smi in smis] for cpu, smis in self.cpu_smis.items()},
             "registers": _hexdict(self.registers),
             "findings": [{"kind": f.kind, "message": f.message} for f in self.findings],
             "smram_accesses": [a.describe() for a in self.smram_accesses],

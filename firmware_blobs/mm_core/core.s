@@ -7,32 +7,73 @@
 # SMI_STS and APM_CNT and kept in CORE_STATE for reports; as in edk2, the
 # decision to process a request is the mailbox's IsCommBufferValid.
 
+# First SMI of a CPU. The BSP (IA32_APIC_BASE bit 8, as OVMF's
+# PlatformSmmBspElection) builds the shared state; every CPU then sets up its
+# own TSS and marks itself ready. APs wait (bounded) for the BSP's global setup.
+cpu_init:
+    push rbx
+    push rsi
+    sub rsp, 0x20
+    mov rbx, CORE_STATE
+    mov ecx, 0x1b
+    rdmsr
+    test eax, 0x100
+    jz cpu_init_ap
+    call core_init
+    jmp cpu_init_local
+cpu_init_ap:
+    mov ecx, RELEASE_TIMEOUT
+cpu_init_wait:
+    cmp qword ptr [rbx + CS_INITIALIZED], 0x0
+    jne cpu_init_local
+    pause
+    dec ecx
+    jnz cpu_init_wait
+cpu_init_local:
+    # TSS: RSP0 and IST1 = this CPU's exception stack; no I/O bitmap.
+    mov rax, rsi
+    imul rax, rax, TSS_SIZE
+    add rax, TSS_BASE
+    mov rcx, rsi
+    shl rcx, 0xc
+    add rcx, EXC_STACK_TOP
+    mov qword ptr [rax + 0x4], rcx
+    mov qword ptr [rax + 0x24], rcx
+    mov word ptr [rax + 0x66], 0x68
+    mov qword ptr [rbx + CS_CPU_READY + rsi*8], 0x1
+    add rsp, 0x20
+    pop rsi
+    pop rbx
+    ret
+
 core_init:
     push rbp
     mov rbp, rsp
     push rbx
     push r12
-    sub rsp, 0x30
+    push rsi
+    push rdi
+    sub rsp, 0x20
     # Page tables: PML4 -> PDPT -> four PDs covering 4 GiB; everything not
     # mapped below is not present.
     cld
     mov rdi, PML4
     xor eax, eax
-    mov rcx, 0x3000
+    mov rcx, 0x2c00
     rep stosq
     mov rbx, PML4
-    mov qword ptr [rbx], 0x07819003
+    mov qword ptr [rbx], PDPT + 0x3
     mov rbx, PDPT
-    mov qword ptr [rbx], 0x0781a003
-    mov qword ptr [rbx + 0x8], 0x0781b003
-    mov qword ptr [rbx + 0x10], 0x0781c003
-    mov qword ptr [rbx + 0x18], 0x0781d003
+    mov qword ptr [rbx], PD0 + 0x3
+    mov qword ptr [rbx + 0x8], PD0 + 0x1003
+    mov qword ptr [rbx + 0x10], PD0 + 0x2003
+    mov qword ptr [rbx + 0x18], PD0 + 0x3003
     # SMRAM: present, writable, executable 2 MiB pages.
     mov rbx, PD0
-    mov qword ptr [rbx + 0x1e0], 0x07800083
-    mov qword ptr [rbx + 0x1e8], 0x07a00083
-    mov qword ptr [rbx + 0x1f0], 0x07c00083
-    mov qword ptr [rbx + 0x1f8], 0x07e00083
+    mov qword ptr [rbx + 0x1e0], TSEG_BASE + 0x83
+    mov qword ptr [rbx + 0x1e8], TSEG_BASE + 0x200083
+    mov qword ptr [rbx + 0x1f0], TSEG_BASE + 0x400083
+    mov qword ptr [rbx + 0x1f8], TSEG_BASE + 0x600083
     mov rbx, CORE_STATE
     mov rax, PT_POOL
     mov qword ptr [rbx + CS_NEXT_PT], rax
@@ -77,10 +118,86 @@ core_init:
     call register_builtin
     mov rbx, CORE_STATE
     mov qword ptr [rbx + CS_INITIALIZED], 0x1
-    add rsp, 0x30
+    # The boot SMI ends like any other: status cleared, EOS set.
+    mov rdx, BOOT_INFO
+    mov rdx, qword ptr [rdx + BI_PMBASE]
+    add edx, 0x34
+    in eax, dx
+    mov ecx, eax
+    call end_of_smi
+    add rsp, 0x20
+    pop rdi
+    pop rsi
     pop r12
     pop rbx
     pop rbp
+    ret
+
+
+# Every SMI after the first, on every CPU (edk2 SmiRendezvous, simplified):
+# all CPUs check in; the BSP waits (bounded) for the others, runs the MM core
+# entry, then releases the APs and waits for them to leave. APs spin until
+# released; an AP whose BSP never comes (an SMI IPI to an AP alone) gives up
+# after a bounded wait.
+smi_rendezvous:
+    push rbx
+    push rdi
+    push r12
+    push r13
+    push r14
+    sub rsp, 0x20
+    mov rbx, CORE_STATE
+    mov rdi, qword ptr [rbx + CS_GENERATION]
+    lock inc qword ptr [rbx + CS_ARRIVED]
+    mov ecx, 0x1b
+    rdmsr
+    test eax, 0x100
+    jz smi_rendezvous_ap
+    mov qword ptr [rbx + CS_BSP], rsi
+    mov rax, BOOT_INFO
+    mov r12, qword ptr [rax + BI_CPU_COUNT]
+    mov r13d, ARRIVAL_TIMEOUT
+smi_rendezvous_arrivals:
+    cmp qword ptr [rbx + CS_ARRIVED], r12
+    jae smi_rendezvous_all_in
+    pause
+    dec r13d
+    jnz smi_rendezvous_arrivals
+smi_rendezvous_all_in:
+    call core_main
+    mov r14, qword ptr [rbx + CS_ARRIVED]
+    dec r14
+    lock inc qword ptr [rbx + CS_GENERATION]
+    mov r13d, RELEASE_TIMEOUT
+smi_rendezvous_departures:
+    cmp qword ptr [rbx + CS_DEPARTED], r14
+    jae smi_rendezvous_reset
+    pause
+    dec r13d
+    jnz smi_rendezvous_departures
+smi_rendezvous_reset:
+    mov qword ptr [rbx + CS_ARRIVED], 0x0
+    mov qword ptr [rbx + CS_DEPARTED], 0x0
+    jmp smi_rendezvous_out
+smi_rendezvous_ap:
+    mov r13d, RELEASE_TIMEOUT
+smi_rendezvous_wait:
+    cmp qword ptr [rbx + CS_GENERATION], rdi
+    jne smi_rendezvous_released
+    pause
+    dec r13d
+    jnz smi_rendezvous_wait
+    lock dec qword ptr [rbx + CS_ARRIVED]
+    jmp smi_rendezvous_out
+smi_rendezvous_released:
+    lock inc qword ptr [rbx + CS_DEPARTED]
+smi_rendezvous_out:
+    add rsp, 0x20
+    pop r14
+    pop r13
+    pop r12
+    pop rdi
+    pop rbx
     ret
 
 # rcx = handler, rdx = GUID: MmiHandlerRegister with a scratch DispatchHandle.

@@ -13,17 +13,32 @@ core_info:
     .long 0x1
     .quad 0x4
 
-# GDT: 0x08 code32, 0x10 flat data, 0x18 code64, 0x20 64-bit TSS at TSS_BASE.
+# GDT: 0x08 code32, 0x10 flat data, 0x18 code64, then one 64-bit TSS descriptor
+# per CPU at 0x20 + 0x10 * i (base TSS_BASE + TSS_SIZE * i, limit 0x67).
 .align 0x8
 gdt:
     .quad 0x0
     .quad 0xcf9b000000ffff
     .quad 0xcf93000000ffff
     .quad 0xaf9b000000ffff
-    .quad 0x700898140000067
+    .quad 0x700898450000067
+    .quad 0x0
+    .quad 0x700898450800067
+    .quad 0x0
+    .quad 0x700898451000067
+    .quad 0x0
+    .quad 0x700898451800067
+    .quad 0x0
+    .quad 0x700898452000067
+    .quad 0x0
+    .quad 0x700898452800067
+    .quad 0x0
+    .quad 0x700898453000067
+    .quad 0x0
+    .quad 0x700898453800067
     .quad 0x0
 gdt_descriptor:
-    .word 0x2f
+    .word 0x9f
     .long gdt
 
 idt_descriptor:

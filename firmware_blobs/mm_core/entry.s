@@ -3,12 +3,19 @@
 # On entry (SDM Vol. 3C, SMM chapter; reference/smm_semantics.md 1.2): CS.base is
 # SMBASE, EIP 0x8000, DS/ES/SS have base 0 and 4 GiB limits, CR0.PE/PG are
 # clear, CR4 and EFER are 0. The stub uses only absolute addresses through DS,
-# so the same bytes work at any SMBASE. Far jumps and the o32 lgdt are written
-# as bytes: keystone 0.9.2 silently mis-encodes them (unicorn_probe.md row 17).
+# so the same bytes work at any SMBASE; the host copies [smi_entry,
+# smi_entry_end) to every CPU's SMBASE+0x8000 and patches the CPU index at
+# smi_entry_cpu_index. Far jumps and the o32 lgdt are written as bytes:
+# keystone 0.9.2 silently mis-encodes them (unicorn_probe.md row 17). ESI
+# carries the CPU index into 64-bit code.
 
 .code16
 smi_entry:
     cli
+    # mov esi, imm32: the CPU index
+    .byte 0x66, 0xbe
+smi_entry_cpu_index:
+    .long 0x0
     # o32 a32 lgdt [gdt_descriptor]
     .byte 0x66, 0x67, 0x0f, 0x01, 0x15
     .long gdt_descriptor
@@ -21,6 +28,7 @@ smi_entry:
     .byte 0x66, 0xea
     .long pm32_entry
     .word 0x8
+smi_entry_end:
 
 .code32
 pm32_entry:
@@ -33,7 +41,17 @@ pm32_entry:
     mov ebx, CORE_STATE
     cmp dword ptr [ebx], 0x0
     jne pm32_full_tables
+    # First SMIs: one CPU builds the boot tables, the others wait for them.
+    xor eax, eax
+    mov ecx, 0x1
+    lock cmpxchg dword ptr [ebx + CS_BOOT_LOCK], ecx
+    jne pm32_wait_boot_tables
     call build_boot_tables
+    mov dword ptr [ebx + CS_BOOT_READY], 0x1
+pm32_wait_boot_tables:
+    pause
+    cmp dword ptr [ebx + CS_BOOT_READY], 0x0
+    je pm32_wait_boot_tables
     mov eax, BOOT_PML4
     jmp pm32_paging
 pm32_full_tables:
@@ -66,14 +84,15 @@ build_boot_tables:
     mov ecx, 0xc00
     rep stosd
     mov ebx, BOOT_PML4
-    mov dword ptr [ebx], 0x07816003
+    mov dword ptr [ebx], BOOT_PDPT + 0x3
     mov ebx, BOOT_PDPT
-    mov dword ptr [ebx], 0x07817003
+    mov dword ptr [ebx], BOOT_PD + 0x3
     mov ebx, BOOT_PD
-    mov dword ptr [ebx + 0x1e0], 0x07800083
-    mov dword ptr [ebx + 0x1e8], 0x07a00083
-    mov dword ptr [ebx + 0x1f0], 0x07c00083
-    mov dword ptr [ebx + 0x1f8], 0x07e00083
+    mov dword ptr [ebx + 0x1e0], TSEG_BASE + 0x83
+    mov dword ptr [ebx + 0x1e8], TSEG_BASE + 0x200083
+    mov dword ptr [ebx + 0x1f0], TSEG_BASE + 0x400083
+    mov dword ptr [ebx + 0x1f8], TSEG_BASE + 0x600083
+    mov ebx, CORE_STATE
     ret
 
 .code64
@@ -84,28 +103,66 @@ lm64_entry:
     mov ss, ax
     mov fs, ax
     mov gs, ax
+    # This CPU's stack and per-CPU block (GS base, IA32_GS_BASE 0xC0000101).
+    mov rax, rsi
+    shl rax, 0xe
     mov rsp, STACK_TOP
-    # The TSS descriptor turns busy on ltr; RSM restores the interrupted TR, so
-    # clear the busy bit and load it again on every SMI.
+    add rsp, rax
+    mov rax, rsi
+    shl rax, 0x8
+    add rax, PERCPU
+    mov rdi, rax
+    mov rdx, rax
+    shr rdx, 0x20
+    mov ecx, 0xc0000101
+    wrmsr
+    mov qword ptr [rdi + PC_INDEX], rsi
+    mov rax, rsi
+    shl rax, 0x8
+    add rax, FAULT_RECORD
+    mov qword ptr [rdi + PC_FAULT_RECORD], rax
+    # This CPU's TSS: RSM restores the interrupted TR, so clear the busy bit of
+    # its descriptor and load it again on every SMI.
     lea rax, [rip + gdt]
+    mov rcx, rsi
+    shl rcx, 0x4
+    add rax, rcx
     and byte ptr [rax + 0x25], 0xfd
-    mov ax, 0x20
+    lea rax, [rcx + 0x20]
     ltr ax
     lea rax, [rip + idt_descriptor]
     lidt [rax]
     mov rbx, CORE_STATE
-    cmp qword ptr [rbx], 0x0
+    cmp qword ptr [rbx + CS_CPU_READY + rsi*8], 0x0
     jne lm64_dispatch
-    # First SMI: initialise only, as edk2's SmiRendezvous runs InitializeSmm.
-    call core_init
-    mov rdx, BOOT_INFO
-    mov rdx, qword ptr [rdx + BI_PMBASE]
-    add edx, 0x34
-    in eax, dx
-    mov ecx, eax
-    call end_of_smi
+    # A CPU's first SMI initialises only, as edk2's SmiRendezvous runs InitializeSmm.
+    call cpu_init
     jmp lm64_leave
 lm64_dispatch:
-    call core_main
+    call smi_rendezvous
 lm64_leave:
     rsm
+
+# The OVMF-style SMBASE relocation handler (OvmfPkg SmmRelocationLib): the host
+# copies [smm_relocation_entry, smm_relocation_end) to 0x38000, the default
+# SMBASE+0x8000, writes the new SMBASE and the offset of the save state's SMBASE
+# field (0xFF00 AMD64 map, 0xFEF8 Intel map) into RELOC_MAILBOX, and sends the
+# CPU an SMI. The handler stores the new SMBASE and resumes; RSM loads it.
+.code16
+smm_relocation_entry:
+    # a32 o32 mov eax, [RELOC_MAILBOX]
+    .byte 0x67, 0x66, 0xa1
+    .long RELOC_MAILBOX
+    # a32 mov bx, [RELOC_FIELD]
+    .byte 0x67, 0x8b, 0x1d
+    .long RELOC_FIELD
+    # o32 mov cs:[bx], eax
+    .byte 0x2e, 0x66, 0x89, 0x07
+    # a32 mov byte [RELOC_DONE], 1
+    .byte 0x67, 0xc6, 0x05
+    .long RELOC_DONE
+    .byte 0x1
+    # rsm
+    .byte 0x0f, 0xaa
+smm_relocation_end:
+.code64

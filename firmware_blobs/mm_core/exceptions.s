@@ -3,10 +3,11 @@
 # context and calls CpuDeadLoop. The emulator delivers exceptions through this
 # IDT (Unicorn never does), then reports the record.
 #
-# FAULT_RECORD (u64 each): +0x00 Valid, +0x08 Vector, +0x10 ErrorCode, +0x18 RIP,
-# +0x20 CS, +0x28 RFLAGS, +0x30 RSP, +0x38 SS, +0x40 CR2, +0x48 CR3,
+# FAULT_RECORD (one per CPU, u64 each): +0x00 Valid, +0x08 Vector, +0x10 ErrorCode,
+# +0x18 RIP, +0x20 CS, +0x28 RFLAGS, +0x30 RSP, +0x38 SS, +0x40 CR2, +0x48 CR3,
 # +0x50 RAX, RBX, RCX, RDX, RSI, RDI, RBP, R8 ... R15 (through +0xC0).
-# Gates use IST1, so a broken stack still gets a record.
+# Gates use IST1, so a broken stack still gets a record; the record address
+# comes from the per-CPU block (GS).
 
 init_idt:
     cld
@@ -32,11 +33,6 @@ init_idt_gate:
     add rdi, 0x10
     dec ecx
     jnz init_idt_gate
-    mov rdi, TSS_BASE
-    mov rax, EXC_STACK_TOP
-    mov qword ptr [rdi + 0x4], rax
-    mov qword ptr [rdi + 0x24], rax
-    mov word ptr [rdi + 0x66], 0x68
     ret
 
 isr_00:
@@ -160,7 +156,10 @@ isr_1f:
 
 isr_common:
     push rbx
-    mov rbx, FAULT_RECORD
+    push rax
+    xor eax, eax
+    mov rbx, qword ptr gs:[rax + PC_FAULT_RECORD]
+    pop rax
     mov qword ptr [rbx + 0x50], rax
     mov rax, qword ptr [rsp]
     mov qword ptr [rbx + 0x58], rax

@@ -1,35 +1,47 @@
 # smmemu MM core: SMRAM layout shared by every source file.
 #
 # The image is linked for TSEG at 0x07800000 (8 MiB), the layout of both smmemu
-# profiles. SMBASE of CPU 0 is the TSEG base, so the image starts at
-# SMBASE+0x8000 (the architectural SMI entry point) and must end before
-# SMBASE+0xFB00 (the save-state tile). Everything else lives in the data area
-# from TSEG+0x10000. The host writes BOOT_INFO before the first SMI, as an IPL
-# hands HOBs to a Standalone MM core.
+# profiles, and supports up to MAX_CPUS CPUs. CPU i's SMBASE is
+# TSEG_BASE + i * SMBASE_TILE (after relocation from the reset value 0x30000),
+# so its entry stub sits at SMBASE+0x8000 and its save state below SMBASE+0x10000,
+# all inside [TSEG_BASE, TSEG_BASE + 0x1e000). The image proper lives at
+# TSEG_BASE + 0x20000; the host copies the entry stub into each tile, patching
+# the CPU index, as edk2's PiSmmCpuDxeSmm patches gcSmiHandlerTemplate.
+# The host writes BOOT_INFO before the first SMI, as an IPL hands HOBs to a
+# Standalone MM core.
 
 .equ TSEG_BASE,        0x07800000
-.equ BOOT_INFO,        0x07810000
-.equ CORE_STATE,       0x07810100
-.equ FAULT_RECORD,     0x07810200
-.equ HANDLER_TABLE,    0x07811000
-.equ UNBLOCK_TABLE,    0x07812000
-.equ IDT_BASE,         0x07813000
-.equ TSS_BASE,         0x07814000
-.equ BOOT_PML4,        0x07815000
-.equ BOOT_PDPT,        0x07816000
-.equ BOOT_PD,          0x07817000
-.equ PML4,             0x07818000
-.equ PDPT,             0x07819000
-.equ PD0,              0x0781a000
-.equ PT_POOL,          0x0781e000
-.equ PT_POOL_END,      0x07830000
-.equ EXC_STACK_TOP,    0x07834000
-.equ STACK_TOP,        0x07840000
-.equ COMM_COPY,        0x07840000
+.equ MAX_CPUS,         0x8
+.equ SMBASE_TILE,      0x2000
+
+.equ BOOT_INFO,        0x07840000
+.equ CORE_STATE,       0x07840100
+.equ FAULT_RECORD,     0x07841000
+.equ FAULT_RECORD_SIZE, 0x100
+.equ HANDLER_TABLE,    0x07842000
+.equ UNBLOCK_TABLE,    0x07843000
+.equ IDT_BASE,         0x07844000
+.equ TSS_BASE,         0x07845000
+.equ TSS_SIZE,         0x80
+.equ PERCPU,           0x07846000
+.equ PERCPU_SIZE,      0x100
+.equ BOOT_PML4,        0x07847000
+.equ BOOT_PDPT,        0x07848000
+.equ BOOT_PD,          0x07849000
+.equ PML4,             0x0784a000
+.equ PDPT,             0x0784b000
+.equ PD0,              0x0784c000
+.equ PT_POOL,          0x07850000
+.equ PT_POOL_END,      0x07860000
+.equ EXC_STACK_TOP,    0x07861000
+.equ EXC_STACK_SIZE,   0x1000
+.equ STACK_TOP,        0x07874000
+.equ STACK_SIZE,       0x4000
+.equ COMM_COPY,        0x078a0000
 .equ COMM_COPY_SIZE,   0x00020000
 # SMRAM heap for images and handlers the host loads (up to the last page, which
 # the emulator keeps free).
-.equ MM_HEAP,          0x07880000
+.equ MM_HEAP,          0x078c0000
 .equ MM_HEAP_END,      0x07fff000
 
 # BOOT_INFO fields
@@ -37,6 +49,10 @@
 .equ BI_TSEG_BASE,     0x40
 .equ BI_TSEG_SIZE,     0x48
 .equ BI_PMBASE,        0x50
+.equ BI_CPU_COUNT,     0x58
+.equ RELOC_MAILBOX,    0x07840080
+.equ RELOC_FIELD,      0x07840084
+.equ RELOC_DONE,       0x07840088
 
 # CORE_STATE fields
 .equ CS_INITIALIZED,   0x00
@@ -46,6 +62,21 @@
 .equ CS_SMI_STS,       0x20
 .equ CS_APM_CNT,       0x28
 .equ CS_CHANNEL,       0x30
+.equ CS_BOOT_LOCK,     0x38
 .equ CS_NEXT_PT,       0x40
 .equ CS_UNBLOCK_COUNT, 0x48
 .equ CS_MMI_STATUS,    0x50
+.equ CS_BOOT_READY,    0x58
+.equ CS_ARRIVED,       0x60
+.equ CS_GENERATION,    0x68
+.equ CS_DEPARTED,      0x70
+.equ CS_BSP,           0x78
+.equ CS_CPU_READY,     0x80
+
+# PERCPU fields (addressed through GS)
+.equ PC_INDEX,         0x00
+.equ PC_FAULT_RECORD,  0x08
+
+# Bounded waits in the rendezvous (iterations of a pause loop).
+.equ ARRIVAL_TIMEOUT,  0x40000
+.equ RELEASE_TIMEOUT,  0x400000

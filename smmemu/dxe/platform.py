@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from smmemu.cpu import Cpu
 from smmemu.engine import SEGMENT_ORDER
 from smmemu.memory import PhysicalMemory
-from smmemu.results import SmiResult
 from smmemu.smm.savestate import Segment
 
 __all__ = ["DxeLayout", "DxePlatform", "Trampoline"]
@@ -57,6 +56,8 @@ def _trampolines(pmbase: int) -> tuple[Trampoline, ...]:
                    "mov eax, edx; out 0xb3, al; mov eax, ecx; out 0xb2, al; hlt"),
         # CHIPSEC-style: every GPR chosen by the caller, AX = data << 8 | command.
         Trampoline("raw_smi", bytes.fromhex("66e7b2 f4"), "out 0xb2, ax; hlt"),
+        # Where application processors wait, as DXE parks them: an SMI wakes them.
+        Trampoline("park", bytes.fromhex("f4 ebfd"), "hlt; jmp 0"),
     )
 
 
@@ -68,10 +69,9 @@ class DxeLayout:
 
 
 class DxePlatform:
-    """Builds the non-SMM CPU context and runs the trampolines on one CPU."""
+    """Lays out the non-SMM world in DRAM and gives each CPU its non-SMM context."""
 
-    def __init__(self, cpu: Cpu, memory: PhysicalMemory, pmbase: int) -> None:
-        self._cpu = cpu
+    def __init__(self, memory: PhysicalMemory, pmbase: int) -> None:
         self._memory = memory
         self.trampolines = _trampolines(pmbase)
         self.addresses: dict[str, int] = {}
@@ -96,11 +96,10 @@ class DxePlatform:
             memory.write(cursor, trampoline.code, smm=False)
             self.addresses[trampoline.name] = cursor
             cursor += 0x40
-        self._cpu.engine.invalidate_code(TRAMPOLINE_BASE, cursor)
-        self._build_context()
 
-    def _build_context(self) -> None:
-        engine = self._cpu.engine
+    def prepare(self, cpu: Cpu) -> None:
+        """Put ``cpu`` in the non-SMM 64-bit context (flat segments, identity paging, IOPL 3)."""
+        engine = cpu.engine
         engine.set_table_reg("gdtr", 0, GDT_ADDRESS, 0x27, 0)
         engine.set_table_reg("idtr", 0, 0, 0, 0)
         engine.set_reg("cr4", 0x620)
@@ -108,7 +107,7 @@ class DxePlatform:
         engine.set_reg("cr3", PML4_ADDRESS)
         engine.set_reg("cr0", 0x8001_0033)
         engine.set_reg("rflags", NON_SMM_RFLAGS)
-        engine.set_reg("rsp", STACK_TOP)
+        engine.set_reg("rsp", STACK_TOP - cpu.index * 0x1000)
         layout = engine.layout
         blob = bytearray(engine.save_context())
         for name in SEGMENT_ORDER:
@@ -120,11 +119,3 @@ class DxePlatform:
                              seg.limit, seg.flags)
         engine.restore_context(blob)
         engine.flush_tlb()
-
-    def run(self, name: str, regs: dict[str, int], *, budget: float) -> SmiResult:
-        """Set ``regs`` on the CPU and run trampoline ``name`` until it halts."""
-        engine = self._cpu.engine
-        for reg, value in regs.items():
-            engine.set_reg(reg, value)
-        engine.set_reg("rsp", STACK_TOP)
-        return self._cpu.run(self.addresses[name], budget=budget)

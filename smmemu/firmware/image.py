@@ -24,15 +24,13 @@ DEFAULT_IMAGE = Path(__file__).resolve().parents[2] / "firmware_blobs" / "mm_cor
 """The bundled image (the manifest sits next to it as ``mm_core.manifest.json``)."""
 
 _REQUIRED_SYMBOLS = (
-    "smi_entry",
-    "core_info",
-    "mmi_manage",
-    "mmi_handler_register",
-    "isr_dead_loop",
+    "smi_entry", "smi_entry_end", "smi_entry_cpu_index", "smm_relocation_entry",
+    "smm_relocation_end", "core_info", "mmi_manage", "mmi_handler_register", "isr_dead_loop",
 )
 _REQUIRED_CONSTANTS = (
-    "TSEG_BASE", "BOOT_INFO", "CORE_STATE", "FAULT_RECORD", "HANDLER_TABLE", "MM_HEAP",
-    "MM_HEAP_END",
+    "TSEG_BASE", "MAX_CPUS", "SMBASE_TILE", "BOOT_INFO", "CORE_STATE", "FAULT_RECORD",
+    "FAULT_RECORD_SIZE", "HANDLER_TABLE", "MM_HEAP", "MM_HEAP_END", "RELOC_MAILBOX",
+    "RELOC_DONE",
 )
 _CORE_INFO_SIGNATURE = b"SMEMCORE"
 
