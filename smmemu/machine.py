@@ -21,6 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from smmemu.boot import (
+    RESET_SMBASE,
+    install_core,
+    install_entry_stubs,
+    relocate_smbases,
+    smbase_of,
+)
 from smmemu.chipset.bus import PortBus
 from smmemu.chipset.ich9 import PM_BLOCK_SIZE, ApmPorts, Ich9PmBlock
 from smmemu.chipset.pci import (
@@ -31,13 +38,6 @@ from smmemu.chipset.pci import (
     PciBus,
     Q35Mch,
     RefusedWrite,
-)
-from smmemu.boot import (
-    RESET_SMBASE,
-    install_core,
-    install_entry_stubs,
-    relocate_smbases,
-    smbase_of,
 )
 from smmemu.cpu import Cpu
 from smmemu.disasm import Mode, disassemble, find_mnemonics
