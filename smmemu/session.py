@@ -18,6 +18,7 @@ The format (steps are numbered from 1 in reports and errors)::
     order = "patina"                   # software SMI port order: "patina" or "ovmf"
     budget = 2.0                       # seconds per guest run
     image = "path/to/mm_core.bin"      # relative to the session file
+    cpus = 1                           # CPUs (SMIs are broadcast to all)
 
     [[step]]
     name = "version info"              # optional, defaults to "step N"
@@ -98,6 +99,7 @@ class MachineSpec:
     image: Path | None = None
     budget: float | None = None
     order: str = TriggerOrder.PATINA.value
+    cpus: int = 1
 
     def build(self) -> Machine:
         """A new Machine with these settings.
@@ -107,8 +109,9 @@ class MachineSpec:
             ImageError: an unusable image.
         """
         if self.budget is None:
-            return Machine(self.profile, self.image, trigger_order=self.order)
-        return Machine(self.profile, self.image, budget=self.budget, trigger_order=self.order)
+            return Machine(self.profile, self.image, cpus=self.cpus, trigger_order=self.order)
+        return Machine(self.profile, self.image, cpus=self.cpus, budget=self.budget,
+                       trigger_order=self.order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +299,7 @@ def parse_session(text: str, *, path: Path | None = None) -> Session:
 
 
 _TOP_KEYS = ("name", "description", "machine", "step")
-_MACHINE_KEYS = ("profile", "order", "budget", "image")
+_MACHINE_KEYS = ("profile", "order", "budget", "image", "cpus")
 _STEP_KEYS = ("name", "kind", "guid", "hex", "text", "buffer_id", "command", "data", "regs",
               "expect")
 _COMM_STEP_KEYS = ("name", "kind", "guid", "hex", "text", "buffer_id", "expect")
@@ -320,13 +323,16 @@ def _machine_spec(reader: _Reader, path: Path | None) -> MachineSpec:
     budget = reader.real("budget")
     if budget is not None and not budget > 0:
         raise reader.error("budget", f"must be positive, got {budget!r}")
+    cpus = reader.number("cpus", bits=8)
+    if cpus is not None and cpus < 1:
+        raise reader.error("cpus", f"must be at least 1, got {cpus}")
     image_text = reader.string("image")
     image = None
     if image_text is not None:
         image = Path(image_text)
         if not image.is_absolute() and path is not None:
             image = path.parent / image
-    return MachineSpec(profile=profile, image=image, budget=budget, order=order)
+    return MachineSpec(profile=profile, image=image, budget=budget, order=order, cpus=cpus or 1)
 
 
 def _step(reader: _Reader) -> Step:

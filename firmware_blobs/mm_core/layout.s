@@ -78,5 +78,5 @@
 .equ PC_FAULT_RECORD,  0x08
 
 # Bounded waits in the rendezvous (iterations of a pause loop).
-.equ ARRIVAL_TIMEOUT,  0x40000
-.equ RELEASE_TIMEOUT,  0x400000
+.equ ARRIVAL_TIMEOUT,  0x10000
+.equ RELEASE_TIMEOUT,  0x10000

@@ -9,7 +9,7 @@ Commands (``smmemu COMMAND --help`` for each):
 * ``info``: the machine's memory map, ports, MMI handlers and image;
 * ``session``: replay a scripted session file (:mod:`smmemu.session`).
 
-Every command takes ``--profile``, ``--image``, ``--budget``, ``--json`` and
+Every command takes ``--profile``, ``--image``, ``--budget``, ``--cpus``, ``--json`` and
 ``-v``, before or after the command name. stdout carries results only; logs
 and errors go to stderr. Exit status: 0 success, 1 a guest-side failure (a
 fault, an exhausted budget, a shutdown, a session mismatch), 2 a usage or
@@ -116,6 +116,8 @@ def _add_global_options(parser: argparse.ArgumentParser, *, on_command: bool) ->
                             "by default")
     group.add_argument("--budget", type=positive_float, metavar="SECONDS", default=default(None),
                        help="wall-clock budget of one guest run (default 2)")
+    group.add_argument("--cpus", type=cpu_count, metavar="N", default=default(None),
+                       help="number of CPUs (default 1; SMIs are broadcast to all)")
     group.add_argument("--json", action="store_true", default=default(False),
                        help="print one JSON document instead of text")
     group.add_argument("-v", "--verbose", action="count", default=default(0),
@@ -132,7 +134,8 @@ def _configure_logging(verbosity: int) -> None:
 def machine_spec(args: argparse.Namespace, base: MachineSpec | None = None, *,
                  order: str | None = None) -> MachineSpec:
     """The Machine the global options ask for, over ``base`` (default settings when None)."""
-    changes: dict[str, Any] = {name: getattr(args, name) for name in ("profile", "image", "budget")
+    changes: dict[str, Any] = {name: getattr(args, name)
+                               for name in ("profile", "image", "budget", "cpus")
                                if getattr(args, name, None) is not None}
     if order is not None:
         changes["order"] = order
@@ -148,6 +151,14 @@ def number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r} (0x hex or decimal)") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def cpu_count(text: str) -> int:
+    """A CPU count of at least 1."""
+    value = number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
     return value
 
 

@@ -69,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
 def _text(result: SmiResult, changed: dict[str, tuple[int, int]], *,
           show_all: bool) -> list[str]:
     lines = [f"stop: {result.stop.value} ({smi_summary(result)})"]
+    if len(result.cpu_smis) > 1:
+        lines.append(f"{len(result.cpu_smis)} CPUs:")
+        for cpu, smis in sorted(result.cpu_smis.items()):
+            entered = ", ".join(f"SMBASE {smi.smbase:#x} {'RSM' if smi.rsm else 'no RSM'}"
+                                for smi in smis) or "no SMI"
+            role = " (BSP)" if cpu == 0 else ""
+            lines.append(f"  CPU {cpu}{role}: {len(smis)} SMI: {entered}")
     state = result.save_state
     if state:
         lines.append("save state at SMI entry:")
