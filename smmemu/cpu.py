@@ -185,6 +185,7 @@ class Cpu:
         self.msr = MsrBank(profile, is_bsp=index == 0)
         self._msr_sites: dict[int, bool] = {}
         self._msr_stop: tuple[int, bool] | None = None
+        self._msr_fixup: tuple[int, int] | None = None
         self.state = RunState.IDLE
         self._next_rip = 0
         self._started = 0.0
@@ -208,18 +209,46 @@ class Cpu:
         engine.on_code(self._memory.smram_end, 0xFFFF_FFFF_FFFF_FFFF, self._on_outside_code)
 
     def watch_msr_sites(self, sites: dict[int, bool]) -> None:
-        """Intercept the ``rdmsr`` (False) / ``wrmsr`` (True) instructions at ``sites``."""
+        """Intercept the ``rdmsr`` (False) / ``wrmsr`` (True) instructions at ``sites``.
+
+        An access that succeeds is emulated without stopping the CPU: a write is
+        applied in the hook and the native ``wrmsr`` (a no-op for these MSRs in
+        Unicorn) runs; a read lets the native ``rdmsr`` run and a second hook on
+        the next instruction loads the emulated value into EDX:EAX. Only an
+        access that raises #GP stops the CPU, to deliver the exception.
+        """
         for address, is_write in sites.items():
             if address in self._msr_sites:
                 continue
             self._msr_sites[address] = is_write
             self.engine.on_code(address, address, self._on_msr_site)
-            self.engine.invalidate_code(address, address + 2)
+            if not is_write:
+                self.engine.on_code(address + 2, address + 2, self._on_msr_fixup)
+            self.engine.invalidate_code(address, address + 3)
 
     def _on_msr_site(self, address: int, _size: int) -> None:
-        if self.engine.reg("rcx") & 0xFFFF_FFFF in EMULATED_MSRS:
+        engine = self.engine
+        msr = engine.reg("rcx") & 0xFFFF_FFFF
+        if msr not in EMULATED_MSRS:
+            return
+        try:
+            if self._msr_sites[address]:
+                value = (engine.reg("rdx") & 0xFFFF_FFFF) << 32 | engine.reg("rax") & 0xFFFF_FFFF
+                self.msr.write(msr, value, in_smm=self.in_smm)
+            else:
+                value = self.msr.read(msr, in_smm=self.in_smm, smbase=self.smbase,
+                                      smi_count=self.smi_count)
+                self._msr_fixup = (address + 2, value)
+        except MsrFault:
             self._msr_stop = (address, self._msr_sites[address])
-            self.engine.stop()
+            engine.stop()
+
+    def _on_msr_fixup(self, address: int, _size: int) -> None:
+        pending = self._msr_fixup
+        if pending is not None and pending[0] == address:
+            self._msr_fixup = None
+            self.engine.set_reg("rax", pending[1] & 0xFFFF_FFFF)
+            self.engine.set_reg("rdx", pending[1] >> 32)
 
     def _on_block(self, _address: int, size: int) -> None:
         if self.executed >= self._quantum_end:
