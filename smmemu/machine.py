@@ -29,7 +29,7 @@ from smmemu.boot import (
     smbase_of,
 )
 from smmemu.chipset.bus import PortBus
-from smmemu.chipset.ich9 import PM_BLOCK_SIZE, ApmPorts, Ich9PmBlock
+from smmemu.chipset.ich9 import PM_BLOCK_SIZE, ApmPorts, Ich9PmBlock, SmiTimers
 from smmemu.chipset.pci import (
     ECAM_BASE,
     ECAM_SIZE,
@@ -117,7 +117,11 @@ class Machine:
         self.lpc = Ich9Lpc(p.pmbase, self._on_pmbase_change, self.refused_writes)
         self.pci.functions[(0, 0, 0)] = self.mch
         self.pci.functions[(0, 31, 0)] = self.lpc
-        self.pm = Ich9PmBlock(p, self._raise_smi, lambda: self.lpc.smi_lock)
+        self.pm = Ich9PmBlock(p, self._raise_smi, lambda: self.lpc.smi_lock,
+                              lambda old, new: self.timers.on_smi_en(old, new))
+        self.timers = SmiTimers(p, self.pm, lambda: (self.lpc.read(0xA0, 2),
+                                                     self.lpc.read(0xA4, 1)))
+        self._time_base = 0
         self.apm = ApmPorts(p, self.pm)
         self.ports.attach(0xB2, 2, self.apm, "ICH9 APM (APM_CNT, APM_STS)")
         self.ports.attach(p.pmbase, PM_BLOCK_SIZE, self.pm, _PM_NAME)
@@ -127,7 +131,7 @@ class Machine:
                 self.pm.recover_line, smbase=RESET_SMBASE, preemptive=cpus > 1)
             for index in range(cpus)
         ]
-        self._scheduler = Scheduler(self._cpus)
+        self._scheduler = Scheduler(self._cpus, self._tick)
         for cpu in self._cpus:
             cpu.engine.map_mmio(ECAM_BASE, ECAM_SIZE, self.pci.ecam_read, self.pci.ecam_write)
             cpu.watch_msr_sites(self.image.msr_sites)
@@ -168,6 +172,33 @@ class Machine:
             raise ImageError(f"the MM core did not initialise: {result.stop.value} "
                              f"{result.detail}", path=str(self.image.path))
         log.debug("MM core initialised in %.1f ms", result.elapsed * 1e3)
+
+    def _tick(self) -> None:
+        """Between scheduler rounds: move the virtual clock with the code executed."""
+        self.timers.advance(self.clock_ns)
+
+    @property
+    def clock_ns(self) -> int:
+        """The virtual clock in ns: time advanced by :meth:`advance_time`, plus, on a
+        machine with several CPUs, 1 ns per byte of code the busiest CPU executed."""
+        executed = max(cpu.executed for cpu in self._cpus)
+        return self._time_base + executed
+
+    def advance_time(self, seconds: float) -> SmiResult | None:
+        """Let ``seconds`` of virtual time pass with the CPUs halted; timers may raise SMIs.
+
+        Returns the outcome of the SMIs that timers raised, or None if none fired.
+        """
+        self._alive()
+        self._time_base += round(seconds * 1e9)
+        self.timers.advance(self.clock_ns)
+        pending = [cpu for cpu in self._cpus if cpu.smi_pending and cpu.halted]
+        if not pending:
+            return None
+        if len(self._cpus) == 1:
+            return pending[0].service_pending_smi(budget=self.budget)
+        pending[0].wake()
+        return self._scheduler.run(pending[0], self.budget)
 
     def _invalidate(self, begin: int, end: int) -> None:
         for cpu in self._cpus:
@@ -352,9 +383,12 @@ class Machine:
         """Run ``code`` as non-SMM guest code at ``address`` until it executes ``hlt``.
 
         For tests and experiments: the code runs in the non-SMM 64-bit context
-        and may raise SMIs, touch SMRAM, and so on.
+        and may raise SMIs, touch SMRAM, and so on. An idle loop (``hlt; jmp``)
+        follows the code.
         """
         self._alive()
+        # An idle loop after the code: a CPU woken from its final hlt waits again.
+        code = bytes(code) + b"\xf4\xeb\xfd"
         self.write_physical(address, code)
         self._watch_code(address, code)
         return self._run_on(self._cpus[0], address, dict(regs or {}))

@@ -12,7 +12,7 @@ it runs without the block hook, at full speed.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from smmemu.cpu import Cpu, RunState
@@ -34,8 +34,9 @@ class _Collected:
 class Scheduler:
     """Interleaves the CPUs of one machine until every CPU has halted again."""
 
-    def __init__(self, cpus: Sequence[Cpu]) -> None:
+    def __init__(self, cpus: Sequence[Cpu], on_round: Callable[[], None]) -> None:
         self._cpus = list(cpus)
+        self._on_round = on_round
 
     def run(self, initiator: Cpu, budget: float) -> SmiResult:
         """Drive ``initiator`` (already started or woken) and every CPU an SMI reaches."""
@@ -62,6 +63,7 @@ class Scheduler:
                         outcome = result
             if not active:
                 break
+            self._on_round()
             if time.monotonic() > deadline:
                 for cpu in self._cpus:
                     cpu.stop_with(StopReason.BUDGET_EXCEEDED, "budget exceeded")

@@ -52,6 +52,8 @@ PM_BLOCK_SIZE = 0x80
 APM_ACPI_ENABLE = 0x02
 APM_ACPI_DISABLE = 0x03
 _QEMU_SMI_STS_WMASK = SmiSts.SWSMI_TMR_STS | SmiSts.PERIODIC_STS
+_SOURCES = ((SmiSts.APM_STS, SmiEn.APMC_EN), (SmiSts.SWSMI_TMR_STS, SmiEn.SWSMI_TMR_EN),
+            (SmiSts.PERIODIC_STS, SmiEn.PERIODIC_EN))
 
 
 def _merge(old: int, offset: int, size: int, value: int, reg_offset: int) -> int:
@@ -65,10 +67,12 @@ class Ich9PmBlock:
     """The ICH9 ACPI/PM I/O block at PMBASE: PM1_CNT, SMI_EN, SMI_STS and SMI# generation."""
 
     def __init__(self, profile: Profile, raise_smi: Callable[[], None],
-                 smi_locked: Callable[[], bool] = lambda: False) -> None:
+                 smi_locked: Callable[[], bool] = lambda: False,
+                 on_smi_en: Callable[[int, int], None] = lambda old, new: None) -> None:
         self._profile = profile
         self._raise_smi = raise_smi
         self._smi_locked = smi_locked
+        self._on_smi_en = on_smi_en
         self.smi_en = 0
         self.smi_sts = 0
         self.pm1_cnt = 0
@@ -108,7 +112,8 @@ class Ich9PmBlock:
 
     def _on_eos_set(self) -> None:
         self._line_free = True
-        pending = (self.smi_sts & SmiSts.APM_STS and self.smi_en & SmiEn.APMC_EN)
+        pending = any(self.smi_sts & status and self.smi_en & enable
+                      for status, enable in _SOURCES)
         if pending and self.smi_en & SmiEn.GBL_SMI_EN:
             self._line_free = False
             self.smi_en &= ~SmiEn.EOS
@@ -134,7 +139,8 @@ class Ich9PmBlock:
                 # (QEMU ich9_lpc_pmcon_update).
                 new = (new & ~SmiEn.GBL_SMI_EN) | (self.smi_en & SmiEn.GBL_SMI_EN)
             eos_set = bool(new & SmiEn.EOS) and self._profile.eos_gating
-            self.smi_en = new
+            old, self.smi_en = self.smi_en, new
+            self._on_smi_en(old, new)
             if eos_set:
                 self._on_eos_set()
         elif SMI_STS_OFFSET <= offset < SMI_STS_OFFSET + 4:
@@ -183,3 +189,64 @@ class ApmPorts:
                 self._pm.pm1_cnt &= ~PM1_CNT_SCI_EN
             return
         self._pm.request_smi(SmiSts.APM_STS, SmiEn.APMC_EN)
+
+
+SWSMI_PERIODS_NS = (1_500_000, 16_000_000, 32_000_000, 64_000_000)
+"""GEN_PMCON_3 SWSMI_RATE_SEL (bits 7:6): 1.5, 16, 32, 64 ms (smm_semantics.md 5.4)."""
+PERIODIC_PERIODS_NS = (64_000_000_000, 32_000_000_000, 16_000_000_000, 8_000_000_000)
+"""GEN_PMCON_1 PER_SMI_SEL (bits 1:0): 64, 32, 16, 8 s."""
+
+
+class SmiTimers:
+    """The SWSMI timer (one shot) and the periodic SMI timer, on the machine's virtual clock.
+
+    The SWSMI timer starts when SWSMI_TMR_EN goes from 0 to 1 and fires once;
+    the periodic timer fires every period while PERIODIC_EN is set. On expiry
+    the status bit is latched and SMI# requested through the PM block. The
+    ``q35`` profile keeps QEMU's quirk of *assigning* SMI_STS = PERIODIC_STS
+    (``hw/acpi/ich9_timer.c``); ``intel`` ORs it in.
+    """
+
+    def __init__(self, profile: Profile, pm: Ich9PmBlock, gen_pmcon: Callable[[], tuple[int, int]],
+                 ) -> None:
+        self._profile = profile
+        self._pm = pm
+        self._gen_pmcon = gen_pmcon
+        self.swsmi_deadline: int | None = None
+        self.periodic_deadline: int | None = None
+        self.now = 0
+        self.fired: list[tuple[int, str]] = []
+
+    def on_smi_en(self, old: int, new: int) -> None:
+        """Arm or disarm the timers when software writes SMI_EN."""
+        pmcon1, pmcon3 = self._gen_pmcon()
+        if new & SmiEn.SWSMI_TMR_EN and not old & SmiEn.SWSMI_TMR_EN:
+            self.swsmi_deadline = self.now + SWSMI_PERIODS_NS[(pmcon3 >> 6) & 3]
+        elif not new & SmiEn.SWSMI_TMR_EN:
+            self.swsmi_deadline = None
+        if new & SmiEn.PERIODIC_EN and not old & SmiEn.PERIODIC_EN:
+            self.periodic_deadline = self.now + PERIODIC_PERIODS_NS[pmcon1 & 3]
+        elif not new & SmiEn.PERIODIC_EN:
+            self.periodic_deadline = None
+
+    def advance(self, now: int) -> None:
+        """Move the clock to ``now`` (ns) and fire every timer that expired on the way."""
+        while True:
+            due = [d for d in (self.swsmi_deadline, self.periodic_deadline)
+                   if d is not None and d <= now]
+            if not due:
+                break
+            moment = min(due)
+            self.now = moment
+            if self.swsmi_deadline == moment:
+                self.swsmi_deadline = None
+                self.fired.append((moment, "swsmi"))
+                self._pm.request_smi(SmiSts.SWSMI_TMR_STS, SmiEn.SWSMI_TMR_EN)
+            if self.periodic_deadline == moment:
+                pmcon1, _ = self._gen_pmcon()
+                self.periodic_deadline = moment + PERIODIC_PERIODS_NS[pmcon1 & 3]
+                self.fired.append((moment, "periodic"))
+                if self._profile.smi_sts_write is SmiStsWrite.QEMU_MASKED:
+                    self._pm.smi_sts = SmiSts.PERIODIC_STS
+                self._pm.request_smi(SmiSts.PERIODIC_STS, SmiEn.PERIODIC_EN)
+        self.now = max(self.now, now)

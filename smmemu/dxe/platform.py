@@ -4,8 +4,9 @@ smmemu has no DXE core. What the SMI path needs from the non-SMM side is a CPU
 in long mode (its own GDT and identity page tables, CPL0, as under a DXE core)
 and real guest instructions that touch the chipset, because an SMI must come
 from a real ``OUT 0xB2`` at an instruction boundary. The trampolines below are
-that code, hand-encoded and listed with their assembly; each ends in ``hlt``,
-which ends the run.
+that code, hand-encoded and listed with their assembly; each ends in an idle
+loop, ``hlt; jmp`` back to it: the ``hlt`` ends the run, and a CPU woken from
+it by an SMI or NMI goes back to waiting.
 
 The non-SMM context runs with RFLAGS.IOPL = 3: harmless at CPL0, and it keeps
 non-SMM and SMM translated code apart (unicorn_probe.md row 9, 4g).
@@ -46,16 +47,16 @@ def _trampolines(pmbase: int) -> tuple[Trampoline, ...]:
     return (
         # patina QemuQ35PlatformMmControl::init: SMI_EN |= APMC_EN | GBL_SMI_EN.
         Trampoline("enable_smi",
-                   b"\xba" + struct.pack("<I", smi_en) + bytes.fromhex("ed 83c821 ef f4"),
-                   f"mov edx, {smi_en:#x}; in eax, dx; or eax, 0x21; out dx, eax; hlt"),
+                   b"\xba" + struct.pack("<I", smi_en) + bytes.fromhex("ed 83c821 ef f4 ebfd"),
+                   f"mov edx, {smi_en:#x}; in eax, dx; or eax, 0x21; out dx, eax; hlt; jmp 0xa"),
         # patina SwMmiManager::trigger_sw_mmi: command to 0xB2 first, data to 0xB3 after.
-        Trampoline("trigger_patina", bytes.fromhex("89c8 e6b2 89d0 e6b3 f4"),
-                   "mov eax, ecx; out 0xb2, al; mov eax, edx; out 0xb3, al; hlt"),
+        Trampoline("trigger_patina", bytes.fromhex("89c8 e6b2 89d0 e6b3 f4 ebfd"),
+                   "mov eax, ecx; out 0xb2, al; mov eax, edx; out 0xb3, al; hlt; jmp 8"),
         # OVMF SmmControl2Dxe Trigger: data to 0xB3 first, then command to 0xB2.
-        Trampoline("trigger_ovmf", bytes.fromhex("89d0 e6b3 89c8 e6b2 f4"),
-                   "mov eax, edx; out 0xb3, al; mov eax, ecx; out 0xb2, al; hlt"),
+        Trampoline("trigger_ovmf", bytes.fromhex("89d0 e6b3 89c8 e6b2 f4 ebfd"),
+                   "mov eax, edx; out 0xb3, al; mov eax, ecx; out 0xb2, al; hlt; jmp 8"),
         # CHIPSEC-style: every GPR chosen by the caller, AX = data << 8 | command.
-        Trampoline("raw_smi", bytes.fromhex("66e7b2 f4"), "out 0xb2, ax; hlt"),
+        Trampoline("raw_smi", bytes.fromhex("66e7b2 f4 ebfd"), "out 0xb2, ax; hlt; jmp 3"),
         # Where application processors wait, as DXE parks them: an SMI wakes them.
         Trampoline("park", bytes.fromhex("f4 ebfd"), "hlt; jmp 0"),
     )
