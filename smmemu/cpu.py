@@ -186,6 +186,14 @@ class Cpu:
         self._msr_sites: dict[int, bool] = {}
         self._msr_stop: tuple[int, bool] | None = None
         self._msr_fixup: tuple[int, int] | None = None
+        self.nmi_pending = False
+        self.nmi_masked = False
+        """NMIs are blocked: an NMI handler has not executed IRET yet, or the CPU is in SMM."""
+        self._smm_inside_nmi = False
+        self._nmi_now = False
+        self._iret_stop = False
+        self._stepping_iret = False
+        self._iret_sites: set[int] = set()
         self.state = RunState.IDLE
         self._next_rip = 0
         self._started = 0.0
@@ -242,6 +250,47 @@ class Cpu:
         except MsrFault:
             self._msr_stop = (address, self._msr_sites[address])
             engine.stop()
+
+    def watch_iret_sites(self, sites: list[int]) -> None:
+        """Watch ``iretq`` instructions: IRET ends NMI blocking (SDM "NMI Handling While in SMM")."""
+        for address in sites:
+            if address not in self._iret_sites:
+                self._iret_sites.add(address)
+                self.engine.on_code(address, address, self._on_iret)
+                self.engine.invalidate_code(address, address + 2)
+
+    def _on_iret(self, _address: int, _size: int) -> None:
+        if not self.nmi_masked or self._stepping_iret:
+            return
+        if self.nmi_pending:
+            # Deliver the held NMI right after this IRET: stop, run the IRET alone, deliver.
+            self._iret_stop = True
+            self.engine.stop()
+        else:
+            self.nmi_masked = False
+
+    def inject_nmi(self) -> bool:
+        """An NMI arrives. Returns True when it is delivered now, False when it is held.
+
+        NMIs are held while blocked (in SMM, or until the NMI handler's IRET) and
+        delivered as soon as the block ends. Outside SMM the NMI goes through
+        the current IDT, vector 2.
+        """
+        if self.nmi_masked:
+            self.nmi_pending = True
+            return False
+        if self.state is RunState.RUNNING:
+            self._nmi_now = True
+            self.nmi_pending = True
+            self.engine.stop()
+            return True
+        self._deliver_nmi(self.engine.reg("rip"))
+        return True
+
+    def _deliver_nmi(self, rip: int) -> None:
+        self.nmi_pending = False
+        self.nmi_masked = True
+        self._deliver(2, rip)
 
     def _on_msr_fixup(self, address: int, _size: int) -> None:
         pending = self._msr_fixup
@@ -405,6 +454,8 @@ class Cpu:
         self._exception_stop = None
         self._msr_stop = None
         self._preempted = False
+        self._iret_stop = False
+        self._nmi_now = False
         try:
             self.engine.run(rip, self._until())
         except RunFault as run_fault:
@@ -424,6 +475,18 @@ class Cpu:
             return 0
         if self._msr_stop is not None:
             return self._emulate_msr(*self._msr_stop)
+        if self._iret_stop:
+            self._stepping_iret = True
+            try:
+                self.engine.run(self.engine.reg("rip"), self._until(), count=1)
+            finally:
+                self._stepping_iret = False
+            self.nmi_masked = False
+            self._deliver_nmi(self.engine.reg("rip"))
+            return self.engine.reg("rip")
+        if self._nmi_now:
+            self._deliver_nmi(self.engine.reg("rip"))
+            return self.engine.reg("rip")
         if self._rsm_requested:
             return self._rsm()
         if self._smi_pending and not self.in_smm:
@@ -510,6 +573,9 @@ class Cpu:
         engine.flush_tlb()
         self.smram.open()
         self.in_smm = True
+        # SMM blocks NMIs; if one was already blocked (SMI inside an NMI handler), remember it.
+        self._smm_inside_nmi = self.nmi_masked
+        self.nmi_masked = True
         return 0x8000
 
     def _io_trap_for(self, snap: CpuSnapshot) -> IoTrap | None:
@@ -560,8 +626,13 @@ class Cpu:
             self._finish(StopReason.HALTED, "")
             self.halted = True
             return 0
+        if not self._smm_inside_nmi:
+            self.nmi_masked = False
         if self._smi_pending:
             return self._enter_smm()
+        if self.nmi_pending and not self.nmi_masked:
+            self._deliver_nmi(rip)
+            return self.engine.reg("rip")
         return rip
 
     def _abandon_smi(self) -> None:

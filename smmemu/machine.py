@@ -42,7 +42,7 @@ from smmemu.chipset.pci import (
 from smmemu.cpu import Cpu
 from smmemu.disasm import Mode, disassemble, find_mnemonics
 from smmemu.dxe.communicator import CommunicateBuffer, MmCommunicator, TriggerOrder
-from smmemu.dxe.platform import DxePlatform, Trampoline
+from smmemu.dxe.platform import NMI_COUNTER, DxePlatform, Trampoline
 from smmemu.errors import ConfigError, EngineError, ImageError, MachineClosedError
 from smmemu.firmware.image import MmCoreImage
 from smmemu.memory import PhysicalMemory, SmramAccess
@@ -141,6 +141,7 @@ class Machine:
         self._dxe = DxePlatform(self._memory, p.pmbase)
         for cpu in self._cpus:
             self._dxe.prepare(cpu)
+            cpu.watch_iret_sites(self._dxe.iret_sites)
         buffers = [CommunicateBuffer(i, address, pages * 0x1000, status)
                    for i, address, pages, status in _COMM_BUFFERS]
         self._communicator = MmCommunicator(buffers, self, self, order=order)
@@ -300,8 +301,10 @@ class Machine:
         """Find ``rdmsr``/``wrmsr`` in 64-bit code the host placed, so they are emulated."""
         sites = find_mnemonics(code, address, Mode.BITS64, _MSR_MNEMONICS)
         is_write = {site: self._memory.read(site, 2, smm=True) == b"\x0f\x30" for site in sites}
+        irets = find_mnemonics(code, address, Mode.BITS64, frozenset({"iretq"}))
         for cpu in self._cpus:
             cpu.watch_msr_sites(is_write)
+            cpu.watch_iret_sites(irets)
 
     @property
     def smram_accesses(self) -> list[SmramAccess]:
@@ -373,6 +376,28 @@ class Machine:
         result.smram_accesses.extend(self._memory.findings[before:])
         return result
 
+    def inject_nmi(self, cpu: int = 0) -> SmiResult | None:
+        """An NMI to ``cpu``: delivered through its IDT now, or held while NMIs are blocked.
+
+        Returns the run of the NMI handler, or None when the NMI is held.
+
+        Raises:
+            ConfigError: no such CPU.
+        """
+        self._alive()
+        if not 0 <= cpu < len(self._cpus):
+            raise ConfigError(f"no CPU {cpu} (this machine has {len(self._cpus)})",
+                              field="cpu", value=cpu)
+        target = self._cpus[cpu]
+        if not target.inject_nmi():
+            return None
+        return self._run_on(target, target.engine.reg("rip"), {})
+
+    @property
+    def nmi_count(self) -> int:
+        """NMIs the non-SMM NMI handler has counted."""
+        return int.from_bytes(self._memory.read(NMI_COUNTER, 8, smm=False), "little")
+
     def trigger_sw_mmi(self, command: int, data: int, order: TriggerOrder) -> SmiResult:
         """The DXE shim's SMI trigger (:class:`smmemu.dxe.communicator.SwSmiTrigger`)."""
         name = "trigger_patina" if order is TriggerOrder.PATINA else "trigger_ovmf"
@@ -392,6 +417,10 @@ class Machine:
         self.write_physical(address, code)
         self._watch_code(address, code)
         return self._run_on(self._cpus[0], address, dict(regs or {}))
+
+    def dxe_trampoline_address(self, name: str) -> int:
+        """Where the non-SMM trampoline ``name`` lives."""
+        return self._dxe.addresses[name]
 
     def dxe_trampolines(self) -> tuple[Trampoline, ...]:
         """The non-SMM guest code the shim runs (bytes and their assembly)."""

@@ -25,6 +25,8 @@ from smmemu.smm.savestate import Segment
 __all__ = ["DxeLayout", "DxePlatform", "Trampoline"]
 
 GDT_ADDRESS = 0x1000
+IDT_ADDRESS = 0x8000
+NMI_COUNTER = 0xA000
 PML4_ADDRESS = 0x2000
 TRAMPOLINE_BASE = 0x9000
 STACK_TOP = 0x8_0000
@@ -59,6 +61,9 @@ def _trampolines(pmbase: int) -> tuple[Trampoline, ...]:
         Trampoline("raw_smi", bytes.fromhex("66e7b2 f4 ebfd"), "out 0xb2, ax; hlt; jmp 3"),
         # Where application processors wait, as DXE parks them: an SMI wakes them.
         Trampoline("park", bytes.fromhex("f4 ebfd"), "hlt; jmp 0"),
+        # The non-SMM NMI handler (IDT vector 2): count the NMI and return.
+        Trampoline("nmi_handler", bytes.fromhex("f048ff042500a00000 48cf"),
+                   f"lock inc qword ptr [{NMI_COUNTER:#x}]; iretq"),
     )
 
 
@@ -97,12 +102,21 @@ class DxePlatform:
             memory.write(cursor, trampoline.code, smm=False)
             self.addresses[trampoline.name] = cursor
             cursor += 0x40
+        # IDT: only the NMI gate (vector 2: 64-bit interrupt gate, selector 0x08).
+        handler = self.addresses["nmi_handler"]
+        gate = struct.pack("<HHBBHII", handler & 0xFFFF, CODE64_SELECTOR, 0, 0x8E,
+                           (handler >> 16) & 0xFFFF, handler >> 32, 0)
+        memory.write(IDT_ADDRESS + 2 * 16, gate, smm=False)
 
+    @property
+    def iret_sites(self) -> list[int]:
+        """Addresses of the non-SMM ``iretq`` instructions (NMI unblocking)."""
+        return [self.addresses["nmi_handler"] + 9]
     def prepare(self, cpu: Cpu) -> None:
         """Put ``cpu`` in the non-SMM 64-bit context (flat segments, identity paging, IOPL 3)."""
         engine = cpu.engine
         engine.set_table_reg("gdtr", 0, GDT_ADDRESS, 0x27, 0)
-        engine.set_table_reg("idtr", 0, 0, 0, 0)
+        engine.set_table_reg("idtr", 0, IDT_ADDRESS, 0xFFF, 0)
         engine.set_reg("cr4", 0x620)
         engine.set_reg("efer", 0xD01)
         engine.set_reg("cr3", PML4_ADDRESS)
