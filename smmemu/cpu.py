@@ -252,7 +252,10 @@ class Cpu:
             engine.stop()
 
     def watch_iret_sites(self, sites: list[int]) -> None:
-        """Watch ``iretq`` instructions: IRET ends NMI blocking (SDM "NMI Handling While in SMM")."""
+        """Watch ``iretq`` instructions: IRET ends NMI blocking.
+
+        SDM Vol. 3C, "NMI Handling While in SMM".
+        """
         for address in sites:
             if address not in self._iret_sites:
                 self._iret_sites.add(address)

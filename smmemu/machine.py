@@ -78,8 +78,13 @@ class Machine:
         profile: platform profile name (``"q35"`` or ``"intel"``).
         image: path of an MM core image (its ``.manifest.json`` beside it);
             the bundled image when None.
+        cpus: number of CPUs (each its own Unicorn instance; SMIs are broadcast).
         budget: wall-clock seconds one guest run (a request and its SMIs) may take.
         trigger_order: port order of the software SMI (patina or OVMF).
+        virtual_clock: run CPUs preemptively even with one CPU, so the virtual
+            clock (and the SMI timers) advance with executed code.
+        virtual_budget: virtual seconds one run may take (implies ``virtual_clock``);
+            deterministic, unlike ``budget``.
 
     Raises:
         ProfileError: unknown profile.
@@ -90,7 +95,8 @@ class Machine:
     SETTABLE_REGISTERS = SETTABLE_REGISTERS
 
     def __init__(self, profile: str = "q35", image: str | Path | None = None, *,
-                 cpus: int = 1, budget: float = 2.0, trigger_order: str = "patina") -> None:
+                 cpus: int = 1, budget: float = 2.0, trigger_order: str = "patina",
+                 virtual_clock: bool = False, virtual_budget: float | None = None) -> None:
         self.profile: Profile = get_profile(profile)
         if not budget > 0:
             raise ConfigError(f"budget must be positive, got {budget!r}", field="budget",
@@ -107,6 +113,11 @@ class Machine:
             raise ConfigError(f"cpus must be between 1 and {max_cpus}, got {cpus}",
                               field="cpus", value=cpus)
         self.budget = budget
+        if virtual_budget is not None and not virtual_budget > 0:
+            raise ConfigError(f"virtual_budget must be positive, got {virtual_budget!r}",
+                              field="virtual_budget", value=virtual_budget)
+        self._preemptive = cpus > 1 or virtual_clock or virtual_budget is not None
+        self.virtual_budget_ns = None if virtual_budget is None else round(virtual_budget * 1e9)
         self._closed = False
         p = self.profile
         self._memory = PhysicalMemory(p.dram_size, p.tseg_base, p.tseg_size)
@@ -128,10 +139,11 @@ class Machine:
         self.ports.attach(0xCF8, 8, ConfigAddressPorts(self.pci), "PCI CONFIG_ADDRESS/DATA")
         self._cpus = [
             Cpu(index, p, self._memory, self.ports, self._fault_decoder(index),
-                self.pm.recover_line, smbase=RESET_SMBASE, preemptive=cpus > 1)
+                self.pm.recover_line, smbase=RESET_SMBASE, preemptive=self._preemptive)
             for index in range(cpus)
         ]
-        self._scheduler = Scheduler(self._cpus, self._tick)
+        self._scheduler = Scheduler(self._cpus, self._tick, lambda: self.clock_ns,
+                                    self.virtual_budget_ns)
         for cpu in self._cpus:
             cpu.engine.map_mmio(ECAM_BASE, ECAM_SIZE, self.pci.ecam_read, self.pci.ecam_write)
             cpu.watch_msr_sites(self.image.msr_sites)
@@ -180,8 +192,12 @@ class Machine:
 
     @property
     def clock_ns(self) -> int:
-        """The virtual clock in ns: time advanced by :meth:`advance_time`, plus, on a
-        machine with several CPUs, 1 ns per byte of code the busiest CPU executed."""
+        """The virtual clock in ns.
+
+        Time advanced by :meth:`advance_time`, plus, when CPUs run preemptively
+        (several CPUs, or ``virtual_clock``), 1 ns per byte of code the busiest
+        CPU executed.
+        """
         executed = max(cpu.executed for cpu in self._cpus)
         return self._time_base + executed
 
@@ -196,7 +212,7 @@ class Machine:
         pending = [cpu for cpu in self._cpus if cpu.smi_pending and cpu.halted]
         if not pending:
             return None
-        if len(self._cpus) == 1:
+        if not self._preemptive:
             return pending[0].service_pending_smi(budget=self.budget)
         pending[0].wake()
         return self._scheduler.run(pending[0], self.budget)
@@ -210,7 +226,7 @@ class Machine:
         for name, value in regs.items():
             cpu.engine.set_reg(name, value)
         before = len(self._memory.findings)
-        if len(self._cpus) == 1:
+        if not self._preemptive:
             result = cpu.run(rip, budget=self.budget)
         else:
             cpu.start(rip)
@@ -368,7 +384,7 @@ class Machine:
         target = self._cpus[cpu]
         target.raise_smi()
         before = len(self._memory.findings)
-        if len(self._cpus) == 1:
+        if not self._preemptive:
             result = target.service_pending_smi(budget=self.budget)
         else:
             target.wake()

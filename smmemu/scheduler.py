@@ -34,15 +34,20 @@ class _Collected:
 class Scheduler:
     """Interleaves the CPUs of one machine until every CPU has halted again."""
 
-    def __init__(self, cpus: Sequence[Cpu], on_round: Callable[[], None]) -> None:
+    def __init__(self, cpus: Sequence[Cpu], on_round: Callable[[], None],
+                 clock: Callable[[], int], virtual_budget_ns: int | None) -> None:
         self._cpus = list(cpus)
         self._on_round = on_round
+        self._clock = clock
+        self._virtual_budget_ns = virtual_budget_ns
 
     def run(self, initiator: Cpu, budget: float) -> SmiResult:
         """Drive ``initiator`` (already started or woken) and every CPU an SMI reaches."""
         collected = {cpu.index: _Collected() for cpu in self._cpus}
         outcome: SmiResult | None = None
         deadline = time.monotonic() + budget
+        virtual_deadline = (None if self._virtual_budget_ns is None
+                            else self._clock() + self._virtual_budget_ns)
         started = time.perf_counter()
         while True:
             active = False
@@ -67,6 +72,9 @@ class Scheduler:
             if time.monotonic() > deadline:
                 for cpu in self._cpus:
                     cpu.stop_with(StopReason.BUDGET_EXCEEDED, "budget exceeded")
+            elif virtual_deadline is not None and self._clock() > virtual_deadline:
+                for cpu in self._cpus:
+                    cpu.stop_with(StopReason.BUDGET_EXCEEDED, "virtual-time budget exceeded")
         if outcome is None:
             outcome = initiator.result()
         return self._merge(initiator, outcome, collected, time.perf_counter() - started)

@@ -67,3 +67,24 @@ def test_handler_that_never_returns_exceeds_its_budget() -> None:
         assert reply.smi.stop is StopReason.BUDGET_EXCEEDED
         assert f"{handler:#x}" in reply.smi.detail
         assert m.communicate(ECHO_HANDLER_GUID, b"alive").data == b"alive"
+
+
+def test_virtual_budget_stops_a_dead_loop_deterministically() -> None:
+    stops = []
+    for _ in range(2):
+        with Machine("q35", virtual_budget=0.001) as m:
+            handler = m.install_handler(DEAD_LOOP_HANDLER, FAULTY)
+            reply = m.communicate(FAULTY, b"x")
+            assert reply.smi.stop is StopReason.BUDGET_EXCEEDED
+            assert "virtual-time budget" in reply.smi.detail
+            assert f"{handler:#x}" in reply.smi.detail
+            stops.append((reply.smi.detail, m.clock_ns))
+            assert m.communicate(ECHO_HANDLER_GUID, b"alive").data == b"alive"
+    assert stops[0] == stops[1]
+
+
+def test_virtual_clock_on_one_cpu_advances_with_executed_code() -> None:
+    with Machine("q35", virtual_clock=True) as m:
+        before = m.clock_ns
+        m.communicate(ECHO_HANDLER_GUID, b"tick")
+        assert m.clock_ns > before
