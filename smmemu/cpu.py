@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from smmemu.chipset.bus import PortBus
 from smmemu.engine import Engine, RunFault
@@ -45,7 +46,7 @@ from smmemu.smm.savestate import (
 )
 from smmemu.smm.smram import SmramView
 
-__all__ = ["Cpu", "FaultDecoder", "RunState"]
+__all__ = ["Cpu", "CpuObserver", "FaultDecoder", "RunState"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,17 @@ _CR4_RESERVED = (1 << 15) | ~((1 << 25) - 1)
 
 FaultDecoder = Callable[[], FaultRecord | None]
 """Reads (and clears) the MM core's fault record after SMM code halted."""
+
+
+class CpuObserver(Protocol):
+    """Receives architectural events as they happen (the debugger implements this)."""
+
+    def on_event(self, cpu: Cpu, event: str, detail: int) -> bool:
+        """Report ``event``; return True to pause the CPU after it.
+
+        ``event`` is ``smi-entry`` (detail: SMBASE), ``rsm`` (detail: the RIP
+        execution resumes at) or ``exception`` (detail: the vector).
+        """
 
 
 class RunState(enum.Enum):
@@ -194,6 +206,12 @@ class Cpu:
         self._iret_stop = False
         self._stepping_iret = False
         self._iret_sites: set[int] = set()
+        self.observer: CpuObserver | None = None
+        self.paused: str | None = None
+        """Why the CPU paused (a debugger request or an observed event), or None."""
+        self._pause: str | None = None
+        self._stepped_from: int | None = None
+        self._counting = False
         self.state = RunState.IDLE
         self._next_rip = 0
         self._started = 0.0
@@ -429,10 +447,46 @@ class Cpu:
         """Run one segment: up to ``quantum`` bytes of code when preemptive, else to a stop."""
         if self.state is not RunState.RUNNING:
             return
+        self.paused = None
         self._quantum_end = self.executed + quantum if quantum is not None else 1 << 62
+        if self._counting:
+            self.engine.flush_translations()
+            self._counting = False
         self._next_rip = self._segment(self._next_rip)
         if self._run.stop is not None:
             self.state = RunState.DONE
+
+    def step_instruction(self) -> None:
+        """Execute exactly one instruction (unicorn_probe.md row 16: ``count=1`` is exact).
+
+        SMI entry, RSM and exception delivery happen inside the step they
+        belong to, so stepping follows the CPU from the OUT into SMBASE+0x8000
+        and from RSM back into the interrupted code.
+        """
+        if self.state is not RunState.RUNNING:
+            return
+        self.paused = None
+        self._quantum_end = 1 << 62
+        if not self._counting:
+            self.engine.flush_translations()
+            self._counting = True
+        self._next_rip = self._segment(self._next_rip, count=1)
+        if self._run.stop is not None:
+            self.state = RunState.DONE
+
+    @property
+    def next_rip(self) -> int:
+        """Where the CPU continues (RIP; an offset from CS.base outside 64-bit mode)."""
+        return self._next_rip if self.state is RunState.RUNNING else self.engine.reg("rip")
+
+    def request_pause(self, reason: str) -> None:
+        """Pause before the current instruction (call from a code or memory hook)."""
+        self._pause = reason
+        self.engine.stop()
+
+    def _notify(self, event: str, detail: int) -> None:
+        if self.observer is not None and self.observer.on_event(self, event, detail):
+            self.paused = event
 
     def stop_with(self, stop: StopReason, detail: str) -> None:
         """End the current run from outside (the machine's budget ran out)."""
@@ -451,7 +505,7 @@ class Cpu:
             elapsed=time.perf_counter() - self._started,
         )
 
-    def _segment(self, rip: int) -> int:
+    def _segment(self, rip: int, count: int = 0) -> int:
         """Run one ``emu_start`` segment and decide what follows; returns the next RIP."""
         self._rsm_requested = False
         self._exception_stop = None
@@ -459,8 +513,10 @@ class Cpu:
         self._preempted = False
         self._iret_stop = False
         self._nmi_now = False
+        self._pause = None
+        self._stepped_from = rip if count else None
         try:
-            self.engine.run(rip, self._until())
+            self.engine.run(rip, self._until(), count)
         except RunFault as run_fault:
             return self._on_run_fault(run_fault)
         return self._after_segment()
@@ -470,6 +526,9 @@ class Cpu:
         if self._watchdog.expired:
             self._finish(StopReason.BUDGET_EXCEEDED, self._where("budget exceeded"))
             return 0
+        if self._pause is not None:
+            self.paused, self._pause = self._pause, None
+            return self.engine.reg("rip")
         if self._preempted and not (self._exception_stop or self._msr_stop
                                     or self._rsm_requested):
             return self.engine.reg("rip")
@@ -481,7 +540,11 @@ class Cpu:
         if self._iret_stop:
             self._stepping_iret = True
             try:
+                if not self._counting:
+                    self.engine.flush_translations()
                 self.engine.run(self.engine.reg("rip"), self._until(), count=1)
+                if not self._counting:
+                    self.engine.flush_translations()
             finally:
                 self._stepping_iret = False
             self.nmi_masked = False
@@ -494,6 +557,8 @@ class Cpu:
             return self._rsm()
         if self._smi_pending and not self.in_smm:
             return self._enter_smm()
+        if self._stepped_from is not None and not self._stepped_onto_hlt():
+            return self.engine.reg("rip")
         if self.in_smm:
             fault = self._fault_decoder()
             if fault is not None:
@@ -509,6 +574,11 @@ class Cpu:
     def _until(self) -> int:
         """A mapped, never-executed address for the current world (see ``_NON_SMM_UNTIL``)."""
         return self._memory.smram_end - 0x1000 if self.in_smm else _NON_SMM_UNTIL
+
+    def _stepped_onto_hlt(self) -> bool:
+        """Whether the single-stepped instruction was ``hlt`` (the run then ends)."""
+        start = self._stepped_from
+        return start is not None and self._read_code(self._linear(start), 1) == b"\xf4"
 
     def _where(self, what: str) -> str:
         rip = self.engine.reg("rip")
@@ -579,6 +649,7 @@ class Cpu:
         # SMM blocks NMIs; if one was already blocked (SMI inside an NMI handler), remember it.
         self._smm_inside_nmi = self.nmi_masked
         self.nmi_masked = True
+        self._notify("smi-entry", self.smbase)
         return 0x8000
 
     def _io_trap_for(self, snap: CpuSnapshot) -> IoTrap | None:
@@ -631,6 +702,7 @@ class Cpu:
             return 0
         if not self._smm_inside_nmi:
             self.nmi_masked = False
+        self._notify("rsm", rip)
         if self._smi_pending:
             return self._enter_smm()
         if self.nmi_pending and not self.nmi_masked:
@@ -747,6 +819,8 @@ class Cpu:
         engine.set_reg("rsp", plan.rsp)
         engine.set_reg("rflags", plan.rflags)
         engine.set_reg("rip", plan.handler)
+        if self.observer is not None and self.observer.on_event(self, "exception", vector):
+            self.request_pause(f"exception {vector}")
 
     # -- state ------------------------------------------------------------------
     def registers(self) -> dict[str, int]:

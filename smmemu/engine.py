@@ -365,6 +365,14 @@ class Engine:
         """Drop translated code for [begin, end); needed after the host rewrites code."""
         self._uc.ctl_remove_cache(begin, end)
 
+    def flush_translations(self) -> None:
+        """Drop every translated block (about 50 us, then re-translation).
+
+        Needed when switching between counted (``count``) and free runs: blocks
+        translated in one mode keep that mode's instrumentation.
+        """
+        self._uc.ctl_flush_tb()
+
     def flush_tlb(self) -> None:
         """Flush the software TLB (after a context restore that changed paging)."""
         self._uc.ctl(_UC_CTL_TLB_FLUSH, _UC_CTL_IO_WRITE)
