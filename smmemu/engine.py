@@ -61,6 +61,7 @@ __all__ = [
 _UC_HOOK_MEM_READ: Final = uc_const.UC_HOOK_MEM_READ
 _UC_HOOK_MEM_WRITE: Final = uc_const.UC_HOOK_MEM_WRITE
 _UC_CTL_TLB_FLUSH: Final = uc_const.UC_CTL_TLB_FLUSH
+_UC_CTL_TB_FLUSH: Final = uc_const.UC_CTL_TB_FLUSH
 _UC_CTL_IO_WRITE: Final = uc_const.UC_CTL_IO_WRITE
 
 
@@ -371,7 +372,7 @@ class Engine:
         Needed when switching between counted (``count``) and free runs: blocks
         translated in one mode keep that mode's instrumentation.
         """
-        self._uc.ctl_flush_tb()
+        self._uc.ctl(_UC_CTL_TB_FLUSH, _UC_CTL_IO_WRITE)
 
     def flush_tlb(self) -> None:
         """Flush the software TLB (after a context restore that changed paging)."""

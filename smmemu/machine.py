@@ -289,6 +289,11 @@ class Machine:
             raise MachineClosedError("this Machine has been closed")
 
     @property
+    def memory(self) -> PhysicalMemory:
+        """The machine's RAM (host buffers; prefer read_physical / write_physical)."""
+        return self._memory
+
+    @property
     def smram(self) -> list[tuple[int, int]]:
         """SMRAM ranges as (base, size)."""
         return [(self.profile.tseg_base, self.profile.tseg_size)]

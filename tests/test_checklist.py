@@ -13,6 +13,7 @@ import pytest
 from helpers import store_qword_handler
 
 from smmemu import Machine, StopReason
+from smmemu.boot import RESET_SMBASE, relocate_smbases
 
 CODE = 0x2_0000
 
@@ -101,6 +102,7 @@ def test_item08_rsm_outside_smm_is_invalid_opcode(q35: Machine) -> None:
     ("cr0", 0x8000_0010, "PG set with PE clear"),
     ("cr0", 0x2000_0011, "NW set with CD clear"),
     ("cr4", 0x8000, "reserved bit"),
+    ("cr4", 0x0, "LMA set without PAE"),
 ])
 def test_item09_inconsistent_rsm_image_shuts_the_cpu_down(machine: Machine, slot: str,
                                                           value: int, why: str) -> None:
@@ -165,3 +167,29 @@ def test_item11_q35_has_no_auto_halt_restart(q35: Machine) -> None:
     result = q35.send_smi_ipi()
     assert result.smis[0].save_state["auto_halt_restart"] == 0
     assert result.registers["rbx"] == 0x77
+
+
+def test_item03_entry_state_at_the_reset_smbase(q35: Machine) -> None:
+    """The relocation SMI enters at 0x38000 with CS = 0x3000, CS.base = 0x30000."""
+    cpu = q35.cpu
+    seen: list[tuple[int, int, int]] = []
+
+    def on_entry(_address: int, _size: int) -> None:
+        blob = cpu.engine.save_context()
+        base = struct.unpack_from("<Q", blob, cpu.engine.layout.seg("cs") + 8)[0]
+        seen.append((cpu.engine.reg("cs"), base, cpu.engine.reg("rip")))
+
+    cpu.engine.on_code(0x38000, 0x38000, on_entry)
+    cpu.engine.invalidate_code(0x38000, 0x38001)
+    cpu.smbase = RESET_SMBASE
+    relocate_smbases(q35.image, q35.memory, q35.profile, [cpu], q35.budget)
+    assert seen == [(0x3000, 0x30000, 0x8000)]
+    assert cpu.smbase == q35.profile.tseg_base
+    assert q35.software_smi(0x10).ok
+
+
+def test_item28_host_code_rewrites_are_seen_by_the_cpu(q35: Machine) -> None:
+    """Unicorn keeps running stale translations after a host write (unicorn_probe.md row 14)."""
+    first = q35.run_guest(bytes.fromhex("48c7c301000000"), address=0x4_0000)  # mov rbx, 1
+    second = q35.run_guest(bytes.fromhex("48c7c302000000"), address=0x4_0000)  # mov rbx, 2
+    assert (first.registers["rbx"], second.registers["rbx"]) == (1, 2)
