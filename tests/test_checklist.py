@@ -89,9 +89,9 @@ def test_item07_rsm_leaves_cr2_and_msrs_as_smm_left_them(q35: Machine) -> None:
     assert q35.cpu.engine.native_msr(0xC000_0081) == 0x5678_0000_1234
 
 
-def test_item08_rsm_outside_smm_is_invalid_opcode(q35: Machine) -> None:
+def test_item08_rsm_outside_smm_is_invalid_opcode(machine: Machine) -> None:
     # mov rbx, 0x1 ; rsm ; mov rbx, 0x2 ; hlt
-    result = q35.run_guest(bytes.fromhex("48c7c301000000 0faa 48c7c302000000 f4"))
+    result = machine.run_guest(bytes.fromhex("48c7c301000000 0faa 48c7c302000000 f4"))
     assert result.stop is StopReason.GUEST_FAULT
     assert "#UD" in result.detail
     assert result.registers["rbx"] == 1

@@ -12,32 +12,32 @@ IRET_HANDLER = bytes.fromhex("4889e0 6a10 50 9c 6a18 488d0503000000 50 48cf 31c0
 NOP_HANDLER = bytes.fromhex("31c0c3")
 
 
-def test_item12_nmi_outside_smm_is_delivered_through_the_idt(q35: Machine) -> None:
-    result = q35.inject_nmi()
+def test_item12_nmi_outside_smm_is_delivered_through_the_idt(machine: Machine) -> None:
+    result = machine.inject_nmi()
     assert result is not None
     assert result.stop is StopReason.HALTED
-    assert q35.nmi_count == 1
-    assert not q35.cpu.nmi_masked
+    assert machine.nmi_count == 1
+    assert not machine.cpu.nmi_masked
 
 
-def test_item12_nmi_during_smm_is_held_and_delivered_after_rsm(q35: Machine) -> None:
-    cpu = q35.cpu
+def test_item12_nmi_during_smm_is_held_and_delivered_after_rsm(machine: Machine) -> None:
+    cpu = machine.cpu
     held: list[bool] = []
-    handler = q35.install_handler(NOP_HANDLER, None)
+    handler = machine.install_handler(NOP_HANDLER, None)
     cpu.engine.on_code(handler, handler, lambda _a, _s: held.append(cpu.inject_nmi()))
     cpu.engine.invalidate_code(handler, handler + 1)
-    result = q35.software_smi(0x10)
+    result = machine.software_smi(0x10)
     assert result.ok
     assert held == [False]
-    assert q35.nmi_count == 1
+    assert machine.nmi_count == 1
     assert not cpu.nmi_pending
     assert not cpu.nmi_masked
 
 
-def test_item12_smi_inside_an_nmi_handler_keeps_nmis_blocked_after_rsm(q35: Machine) -> None:
-    cpu = q35.cpu
+def test_item12_smi_inside_an_nmi_handler_keeps_nmis_blocked_after_rsm(machine: Machine) -> None:
+    cpu = machine.cpu
     frames: list[int] = []
-    nmi_entry = q35.dxe_trampoline_address("nmi_handler")
+    nmi_entry = machine.dxe_trampoline_address("nmi_handler")
 
     def on_nmi(_address: int, _size: int) -> None:
         frames.append(cpu.engine.reg("rsp"))
@@ -46,25 +46,25 @@ def test_item12_smi_inside_an_nmi_handler_keeps_nmis_blocked_after_rsm(q35: Mach
 
     cpu.engine.on_code(nmi_entry, nmi_entry, on_nmi)
     cpu.engine.invalidate_code(nmi_entry, nmi_entry + 1)
-    handler = q35.install_handler(NOP_HANDLER, None)
+    handler = machine.install_handler(NOP_HANDLER, None)
     cpu.engine.on_code(handler, handler, lambda _a, _s: cpu.inject_nmi())
     cpu.engine.invalidate_code(handler, handler + 1)
-    result = q35.inject_nmi()
+    result = machine.inject_nmi()
     assert result is not None
     assert result.stop is StopReason.HALTED
     assert len(result.smis) == 1
-    assert q35.nmi_count == 2
+    assert machine.nmi_count == 2
     # The held NMI came after the first handler's IRET, not nested inside it after RSM.
     assert frames[0] == frames[1]
     assert not cpu.nmi_masked
 
 
-def test_item12_iret_in_smm_unblocks_nmis(q35: Machine) -> None:
-    cpu = q35.cpu
-    handler = q35.install_handler(IRET_HANDLER, None)
+def test_item12_iret_in_smm_unblocks_nmis(machine: Machine) -> None:
+    cpu = machine.cpu
+    handler = machine.install_handler(IRET_HANDLER, None)
     cpu.engine.on_code(handler, handler, lambda _a, _s: cpu.inject_nmi())
     cpu.engine.invalidate_code(handler, handler + 1)
-    result = q35.software_smi(0x10)
+    result = machine.software_smi(0x10)
     # The held NMI is delivered in SMM right after the IRET, to the MM core's IDT.
     assert result.stop is StopReason.SMM_FAULT
     assert result.fault is not None
