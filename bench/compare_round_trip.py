@@ -11,10 +11,8 @@ Each argument is a checkout; it is imported in a fresh process, so trees never m
 from __future__ import annotations
 
 import statistics
-import struct
 import subprocess
 import sys
-import time
 
 _CHILD = """
 import statistics, struct, sys, time
