@@ -193,3 +193,19 @@ def test_item28_host_code_rewrites_are_seen_by_the_cpu(q35: Machine) -> None:
     first = q35.run_guest(bytes.fromhex("48c7c301000000"), address=0x4_0000)  # mov rbx, 1
     second = q35.run_guest(bytes.fromhex("48c7c302000000"), address=0x4_0000)  # mov rbx, 2
     assert (first.registers["rbx"], second.registers["rbx"]) == (1, 2)
+
+
+def test_item06_interrupted_16_bit_code_resumes_as_16_bit(machine: Machine) -> None:
+    base = 0xC000
+    # 64-bit: push 0x20 ; lea rax, [rip+0x3] ; push rax ; retfq      -> 16-bit code below
+    # 16-bit: mov al, 0x42 ; out 0xb2, al ; 66 b8 imm32 (o32 mov eax, 0x12345678) ;
+    #         o32 push 0x8 ; o32 push <hlt> ; o32 retf              -> back to 64-bit ; hlt
+    # As 32- or 64-bit code, 66 b8 78 56 would be `mov ax, 0x5678` and eax would differ.
+    hlt = base + 12 + 24
+    code = (bytes.fromhex("6a20 488d0503000000 50 48cb")
+            + bytes.fromhex("b042 e6b2 66b878563412 66680800 0000")
+            + b"\x66\x68" + struct.pack("<I", hlt) + bytes.fromhex("66cb") + b"\xf4")
+    result = machine.run_guest(code, address=base, regs={"rax": 0})
+    assert result.stop is StopReason.HALTED
+    assert result.smis[0].save_state["cs"] == 0x20
+    assert result.registers["rax"] & 0xFFFF_FFFF == 0x1234_5678
