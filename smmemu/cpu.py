@@ -46,7 +46,7 @@ from smmemu.smm.savestate import (
 )
 from smmemu.smm.smram import SmramView
 
-__all__ = ["Cpu", "CpuObserver", "FaultDecoder", "RunState"]
+__all__ = ["Cpu", "CpuObserver", "FaultDecoder", "HostCallHandler", "RunState"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ _RSM_OPCODE = b"\x0f\xaa"
 _REVISION_SMBASE_RELOCATION = 1 << 17
 _CR4_RESERVED = (1 << 15) | ~((1 << 25) - 1)
 
+HostCallHandler = Callable[["Cpu", int], None]
+"""Performs the service of the thunk at the given address; sets RAX on the CPU."""
 FaultDecoder = Callable[[], FaultRecord | None]
 """Reads (and clears) the MM core's fault record after SMM code halted."""
 
@@ -204,6 +206,13 @@ class Cpu:
         self._stepping_iret = False
         self._iret_sites: set[int] = set()
         self.observer: CpuObserver | None = None
+        self.host_calls: HostCallHandler | None = None
+        """Performs the service behind a host-call thunk (``ud2`` in SMRAM)."""
+        self.host_call_range = (0, 0)
+        self.guest_return_thunk = 0
+        self._host_call: int | None = None
+        self._guest_calls = 0
+        self._guest_returned = 0
         self.paused: str | None = None
         """Why the CPU paused (a debugger request or an observed event), or None."""
         self._pause: str | None = None
@@ -360,6 +369,11 @@ class Cpu:
     def _on_invalid_instruction(self) -> bool:
         rip = self.engine.reg("rip")
         if self.in_smm:
+            low, high = self.host_call_range
+            if low <= rip < high:
+                self._host_call = rip
+                self.engine.stop()
+                return True
             if self._read_code(self._linear(rip), 2) == _RSM_OPCODE:
                 self._rsm_requested = True
                 self.engine.stop()
@@ -511,6 +525,7 @@ class Cpu:
         self._iret_stop = False
         self._nmi_now = False
         self._pause = None
+        self._host_call = None
         self._stepped_from = rip if count else None
         try:
             self.engine.run(rip, self._until(), count)
@@ -534,6 +549,8 @@ class Cpu:
             return 0
         if self._msr_stop is not None:
             return self._emulate_msr(*self._msr_stop)
+        if self._host_call is not None:
+            return self._perform_host_call(self._host_call)
         if self._iret_stop:
             self._stepping_iret = True
             try:
@@ -721,6 +738,65 @@ class Cpu:
         self._smi_pending = False
         self.smram.close()
         self._on_abandon()
+
+    # -- host calls -------------------------------------------------------------
+    def _perform_host_call(self, thunk: int) -> int:
+        """Run the service behind ``thunk`` and return to its caller, as ``ret`` would."""
+        if thunk == self.guest_return_thunk:
+            self._guest_returned += 1
+            return 0
+        if self.host_calls is None:
+            self._deliver(6, thunk)
+            return self.engine.reg("rip")
+        self.host_calls(self, thunk)
+        if self._run.stop is not None:
+            return 0
+        rsp = self.engine.reg("rsp")
+        target = int.from_bytes(self._read_linear(rsp, 8), "little")
+        self.engine.set_reg("rsp", rsp + 8)
+        return target
+
+    def argument(self, index: int) -> int:
+        """Argument ``index`` (0-based) of the EFIAPI call being serviced."""
+        if index < 4:
+            return self.engine.reg(("rcx", "rdx", "r8", "r9")[index])
+        address = self.engine.reg("rsp") + 0x28 + (index - 4) * 8
+        return int.from_bytes(self._read_linear(address, 8), "little")
+
+    def call_guest(self, function: int, args: list[int]) -> int | None:
+        """Call the EFIAPI ``function(*args)`` in SMM from a host call; its RAX, or None.
+
+        The call runs on the current stack below RSP and returns to a host thunk;
+        every register is restored afterwards. None when the callee ended the run
+        (a fault, a budget).
+        """
+        engine = self.engine
+        saved = engine.save_context()
+        base = (engine.reg("rsp") - 0x200) & ~0xF
+        entry_rsp = base - 0x8
+        frame = self.guest_return_thunk.to_bytes(8, "little") + bytes(0x20)
+        frame += b"".join(value.to_bytes(8, "little") for value in args[4:])
+        physical = self._linear_to_physical(entry_rsp)
+        if physical is None:
+            return None
+        self._memory.write(physical, frame, smm=True)
+        for register, value in zip(("rcx", "rdx", "r8", "r9"), args[:4], strict=False):
+            engine.set_reg(register, value)
+        engine.set_reg("rsp", entry_rsp)
+        self._guest_calls += 1
+        depth = self._guest_calls
+        rip = function
+        try:
+            while self._guest_returned < depth and self._run.stop is None:
+                rip = self._segment(rip)
+            if self._run.stop is not None:
+                return None
+            result = engine.reg("rax")
+        finally:
+            self._guest_calls -= 1
+            self._guest_returned = min(self._guest_returned, self._guest_calls)
+        engine.restore_context(saved)
+        return result
 
     # -- MSRs -------------------------------------------------------------------
     def _emulate_msr(self, address: int, is_write: bool) -> int:

@@ -29,6 +29,7 @@ from smmemu.boot import (
     smbase_of,
 )
 from smmemu.chipset.bus import PortBus
+from smmemu.chipset.debugport import DEBUG_PORT, DebugPort
 from smmemu.chipset.ich9 import PM_BLOCK_SIZE, ApmPorts, Ich9PmBlock, SmiTimers
 from smmemu.chipset.pci import (
     ECAM_BASE,
@@ -49,6 +50,14 @@ from smmemu.memory import PhysicalMemory, SmramAccess
 from smmemu.profiles import Profile, get_profile
 from smmemu.results import CommResult, FaultRecord, SmiResult, StopReason
 from smmemu.scheduler import Scheduler
+from smmemu.services.dxe import DxeServices
+from smmemu.services.guestmem import GuestMemory
+from smmemu.services.heap import SmramHeap
+from smmemu.services.images import MM_DISPATCH_GUID, DriverManager, LoadedImage
+from smmemu.services.runtime import MmRuntime
+from smmemu.services.smm_protocols import MM_CPU_GUID, SW_DISPATCH2_GUID, MmCpuProtocol, SwDispatch2
+from smmemu.services.thunks import ThunkTable
+from smmemu.smm.savestate import map_size
 from smmemu.uefi.guids import parse_guid
 
 __all__ = ["SETTABLE_REGISTERS", "Machine"]
@@ -56,6 +65,7 @@ __all__ = ["SETTABLE_REGISTERS", "Machine"]
 log = logging.getLogger(__name__)
 
 _PM_NAME = "ICH9 ACPI/PM (PMBASE)"
+_THUNK_AREA = 0x1_0000
 _COMM_BUFFERS = (  # (id, address, pages, status address): 0 = supervisor, 1 = user
     (0, 0x0010_0000, 4, 0x0011_0000),
     (1, 0x0012_0000, 4, 0x0013_0000),
@@ -137,6 +147,8 @@ class Machine:
         self.ports.attach(0xB2, 2, self.apm, "ICH9 APM (APM_CNT, APM_STS)")
         self.ports.attach(p.pmbase, PM_BLOCK_SIZE, self.pm, _PM_NAME)
         self.ports.attach(0xCF8, 8, ConfigAddressPorts(self.pci), "PCI CONFIG_ADDRESS/DATA")
+        self.debug_port = DebugPort()
+        self.ports.attach(DEBUG_PORT, 1, self.debug_port, "QEMU debug console")
         self._cpus = [
             Cpu(index, p, self._memory, self.ports, self._fault_decoder(index),
                 self.pm.recover_line, smbase=RESET_SMBASE, preemptive=self._preemptive)
@@ -185,6 +197,40 @@ class Machine:
             raise ImageError(f"the MM core did not initialise: {result.stop.value} "
                              f"{result.detail}", path=str(self.image.path))
         log.debug("MM core initialised in %.1f ms", result.elapsed * 1e3)
+        self._setup_services()
+
+    def _setup_services(self) -> None:
+        """The MM services for loaded drivers (host thunks in the first 64 KiB of the heap)."""
+        constants = self.image.constants
+        memory = GuestMemory(self._memory)
+        thunks = ThunkTable(self._memory, constants["MM_HEAP"], _THUNK_AREA)
+        self.heap = SmramHeap(constants["MM_HEAP"] + _THUNK_AREA, constants["MM_HEAP_END"])
+        kind = self.profile.save_state
+        save_states = [(cpu.smbase + self.profile.save_state_offset, map_size(kind))
+                       for cpu in self._cpus]
+        first = self._cpus[0]
+        self.services = MmRuntime(
+            memory, self.heap, thunks, mmi_manage=self.image.symbols["mmi_manage"],
+            mmi_handler_register=self.image.symbols["mmi_handler_register"],
+            handler_table=constants["HANDLER_TABLE"], save_states=save_states,
+            io_read=self.ports.read, io_write=self.ports.write)
+        self.dxe_services = DxeServices(self.services)
+        self.sw_dispatch = SwDispatch2(self.services,
+                                       lambda: (self.apm.apm_cnt, self.apm.apm_sts))
+        mm_cpu = MmCpuProtocol(self.services, self.profile,
+                               lambda: [cpu.smbase for cpu in self._cpus])
+        for guid, interface in ((SW_DISPATCH2_GUID, self.sw_dispatch.interface),
+                                (MM_CPU_GUID, mm_cpu.interface)):
+            self.services.db.install(self.services.pool(16), guid, interface)
+        self.drivers = DriverManager(self.services, self.dxe_services)
+        guest_return = thunks.add("return to the host", lambda _cpu: 0)
+        for cpu in self._cpus:
+            cpu.host_calls = self.services.host_call
+            cpu.host_call_range = (thunks.base, thunks.end)
+            cpu.guest_return_thunk = guest_return
+        self._append_handler(self.sw_dispatch.root_handler, None)
+        self._append_handler(self.drivers.dispatch_handler, MM_DISPATCH_GUID)
+        del first
 
     def _tick(self) -> None:
         """Between scheduler rounds: move the virtual clock with the code executed."""
@@ -279,10 +325,6 @@ class Machine:
         return tuple(f"{i.address:#x}: {i.mnemonic} {i.op_str}".rstrip()
                      for i in disassemble(code, rip, Mode.BITS64, count=count))
 
-    def symbolize(self, address: int) -> str | None:
-        """``symbol+offset`` for an address inside the MM core image."""
-        return self.image.symbolize(address)
-
     # -- public API ---------------------------------------------------------------
     def _alive(self) -> None:
         if self._closed:
@@ -345,6 +387,10 @@ class Machine:
         before = len(self._memory.findings)
         result = self._communicator.communicate(buffer_id, bytes(data), guid)
         result.smi.smram_accesses.extend(self._memory.findings[before:])
+        if not result.smi.ok:
+            # The SMI was abandoned (fault, budget, shutdown): the request is dead. Withdraw
+            # it, or the next SMI would take this mailbox again instead of the next request.
+            self._memory.write(self.comm_status(buffer_id), b"\x00", smm=False)
         return result
 
     def software_smi(self, command: int, data: int = 0, *,
@@ -480,28 +526,87 @@ class Machine:
         The record is appended to the core's own table, so it is dispatched by
         the same MmiManage as the built-in handlers. ``guid`` None registers a
         root handler. Returns the handler's address.
+
+        Raises:
+            ConfigError: the handler table or the SMRAM heap is full.
         """
         self._alive()
-        heap = self.image.constants["MM_HEAP"]
+        parsed = None if guid is None else parse_guid(guid)
+        address = self.heap.allocate_pages(max(1, (len(code) + 0xFFF) // 0x1000))
+        if address is None:
+            raise ConfigError("the SMRAM heap is full", field="code", value=len(code))
+        self._memory.write(address, code, smm=True)
+        self._invalidate(address, address + len(code))
+        self._watch_code(address, code)
+        self._append_handler(address, parsed)
+        return address
+
+    def _append_handler(self, handler: int, guid: uuid.UUID | None) -> None:
+        """Append a record to the MM core's MMI handler table (as MmiHandlerRegister does)."""
         table = self.image.constants["HANDLER_TABLE"]
         count, capacity = (int(v) for v in
                            struct.unpack("<QQ", self._memory.read(table, 16, smm=True)))
         if count >= capacity:
             raise ConfigError("the MMI handler table is full", field="handlers", value=count)
-        address = heap + count * 0x1000
-        if len(code) > 0x1000:
-            raise ConfigError("a handler may be at most 4 KiB here", field="code",
-                              value=len(code))
-        self._memory.write(address, code, smm=True)
-        self._invalidate(address, address + len(code))
-        self._watch_code(address, code)
-        parsed = None if guid is None else parse_guid(guid)
-        flags = 3 if parsed is None else 1
-        guid_bytes = bytes(16) if parsed is None else parsed.bytes_le
+        flags = 3 if guid is None else 1
+        guid_bytes = bytes(16) if guid is None else guid.bytes_le
         self._memory.write(table + 0x10 + count * 0x20,
-                           struct.pack("<QQ16s", flags, address, guid_bytes), smm=True)
+                           struct.pack("<QQ16s", flags, handler, guid_bytes), smm=True)
         self._memory.write(table, struct.pack("<Q", count + 1), smm=True)
-        return address
+
+    def load_image(self, source: str | Path | bytes, *, standalone: bool = False,
+                   name: str | None = None, dispatch: bool = True) -> LoadedImage:
+        """Load an MM driver (PE32+) into SMRAM and, by default, run its entry point in SMM.
+
+        ``standalone`` selects the MM_STANDALONE entry convention
+        ``(ImageHandle, MmSystemTable)``; otherwise the traditional DXE_SMM_DRIVER one
+        ``(ImageHandle, SystemTable)``. The entry point runs through an MMI on
+        gEventMmDispatchGuid, as edk2 dispatches SMM drivers.
+
+        Raises:
+            ImageError: unreadable, malformed or unrelocatable image.
+            ConfigError: the SMRAM heap is full.
+        """
+        self._alive()
+        if isinstance(source, bytes):
+            data, label = source, name or "image"
+        else:
+            path = Path(source)
+            try:
+                data = path.read_bytes()
+            except OSError as err:
+                raise ImageError(f"cannot read {path}: {err.strerror}", path=str(path)) from err
+            label = name or path.stem
+        try:
+            image = self.drivers.load(data, label, standalone=standalone)
+        except MemoryError as err:
+            raise ConfigError(str(err), field="image", value=label) from err
+        self._invalidate(image.base, image.base + image.size)
+        for address, code in self.drivers.code_ranges(image):
+            self._watch_code(address, code)
+        if dispatch:
+            self.dispatch_drivers()
+        return image
+
+    def dispatch_drivers(self) -> CommResult:
+        """Run every loaded driver's pending entry point (an MMI on gEventMmDispatchGuid)."""
+        self._alive()
+        return self.communicate(MM_DISPATCH_GUID, b"\x00", buffer_id=1)
+
+    @property
+    def images(self) -> list[LoadedImage]:
+        """Every loaded driver, in load order."""
+        return list(self.drivers.images)
+
+    def symbolize(self, address: int) -> str | None:
+        """``symbol+offset`` in the MM core image or a loaded driver."""
+        found = self.image.symbolize(address)
+        if found is not None:
+            return found
+        image = next((i for i in self.drivers.images if i.contains(address)), None)
+        if image is not None:
+            return image.symbolize(address)
+        return self.services.thunks.name_of(address) if hasattr(self, "services") else None
 
     # -- lifetime -------------------------------------------------------------------
     def close(self) -> None:

@@ -1,0 +1,161 @@
+"""Loading MM drivers: entry points in SMM, the MM system table, handlers through MmiManage."""
+
+from __future__ import annotations
+
+import uuid
+
+from pe_builder import build_driver
+
+from smmemu import Machine, StopReason
+
+GUID = uuid.UUID("3e0a7f4e-9d3c-4b0f-8a41-5d7e2c1b9a60")
+GUID_BYTES = ", ".join(f"{b:#x}" for b in GUID.bytes_le)
+
+# MM_STANDALONE entry (ImageHandle, MmSt): MmiHandlerRegister(handler, &GUID, &handle).
+# The handler stores 0x42 in the first payload byte and returns EFI_SUCCESS.
+STANDALONE = f"""
+    sub rsp, 0x28
+    mov rax, rdx
+    lea rcx, [rip + handler]
+    lea rdx, [rip + guid]
+    lea r8, [rip + dispatch_handle]
+    call qword ptr [rax + 0xe0]
+    add rsp, 0x28
+    ret
+handler:
+    mov byte ptr [r8], 0x42
+    xor eax, eax
+    ret
+guid:
+    .byte {GUID_BYTES}
+dispatch_handle:
+    .quad 0x0
+"""
+
+# DXE_SMM_DRIVER entry (ImageHandle, SystemTable): gBS->LocateProtocol(SmmBase2),
+# SmmBase2->GetSmstLocation(&smst), smst->MmiHandlerRegister(handler, &GUID, &handle).
+TRADITIONAL = f"""
+    push rbx
+    sub rsp, 0x30
+    mov rax, qword ptr [rdx + 0x60]
+    lea rcx, [rip + base2_guid]
+    xor edx, edx
+    lea r8, [rip + base2]
+    call qword ptr [rax + 0x140]
+    test rax, rax
+    jnz done
+    mov rcx, qword ptr [rip + base2]
+    lea rdx, [rip + smst]
+    call qword ptr [rcx + 0x8]
+    mov rbx, qword ptr [rip + smst]
+    lea rcx, [rip + handler]
+    lea rdx, [rip + guid]
+    lea r8, [rip + dispatch_handle]
+    call qword ptr [rbx + 0xe0]
+done:
+    add rsp, 0x30
+    pop rbx
+    ret
+handler:
+    mov byte ptr [r8], 0x77
+    xor eax, eax
+    ret
+base2_guid:
+    .byte 0xb7, 0xbf, 0xcc, 0xf4, 0xe0, 0xf6, 0xfd, 0x47
+    .byte 0x9d, 0xd4, 0x10, 0xa8, 0xf1, 0x50, 0xc1, 0x91
+guid:
+    .byte {GUID_BYTES}
+base2:
+    .quad 0x0
+smst:
+    .quad 0x0
+dispatch_handle:
+    .quad 0x0
+"""
+
+
+def test_standalone_driver_registers_a_handler_reached_through_communicate(q35: Machine) -> None:
+    image = q35.load_image(build_driver(STANDALONE), standalone=True, name="Standalone")
+    assert image.status == 0
+    assert q35.heap.owns(image.base)
+    assert (GUID, image.base + 0x1000 + 0x1D) in [
+        (g, h) for g, h in q35.handler_table() if g == GUID] or any(
+        g == GUID and image.contains(h) for g, h in q35.handler_table())
+    reply = q35.communicate(GUID, b"\x00abc")
+    assert reply.status == 0
+    assert reply.data == b"Babc"
+
+
+def test_traditional_driver_finds_the_smst_through_smm_base2(machine: Machine) -> None:
+    image = machine.load_image(build_driver(TRADITIONAL), name="Traditional")
+    assert image.status == 0
+    reply = machine.communicate(GUID, b"\x00")
+    assert reply.data == b"\x77"
+    assert machine.services.calls["gBS->LocateProtocol"] == 1
+    assert machine.services.calls["SmmBase2->GetSmstLocation"] == 1
+
+
+def test_missing_protocol_is_not_found_and_reported(q35: Machine) -> None:
+    # gBS->LocateProtocol(&unknown, NULL, &out): returns EFI_NOT_FOUND as the entry status.
+    source = """
+    sub rsp, 0x28
+    mov rax, qword ptr [rdx + 0x60]
+    lea rcx, [rip + unknown]
+    xor edx, edx
+    lea r8, [rip + out]
+    call qword ptr [rax + 0x140]
+    add rsp, 0x28
+    ret
+unknown:
+    .byte 0x1, 0x2, 0x3, 0x4, 0x5, 0x6, 0x7, 0x8, 0x9, 0xa, 0xb, 0xc, 0xd, 0xe, 0xf, 0x1
+out:
+    .quad 0x0
+"""
+    image = q35.load_image(build_driver(source), name="Asker")
+    assert image.status == 0x800000000000000E
+    assert q35.services.unresolved[-1].service == "gBS->LocateProtocol"
+    assert image.contains(q35.services.unresolved[-1].caller)
+
+
+def test_driver_fault_in_entry_point_is_reported_with_the_image(q35: Machine) -> None:
+    # mov rax, [0x0] via a register: xor eax, eax ; mov rax, [rax] ; ret
+    image = q35.load_image(build_driver("xor eax, eax\nmov rax, qword ptr [rax]\nret"),
+                           standalone=True, name="Faulty")
+    assert image.status is None
+    assert image.error is not None
+    reply = q35.communicate(GUID, b"x")  # the machine is still usable
+    assert reply.status == 0x800000000000000E
+    assert q35.symbolize(image.entry + 3) == "Faulty+0x1003"
+    assert StopReason.SMM_FAULT
+
+
+def test_pool_double_free_and_foreign_free_are_reported(q35: Machine) -> None:
+    # MmAllocatePool(6, 64, &p); MmFreePool(p); MmFreePool(p); MmFreePool(0x1234)
+    source = """
+    push rbx
+    push rsi
+    sub rsp, 0x28
+    mov rbx, rdx
+    mov ecx, 0x6
+    mov edx, 0x40
+    lea r8, [rip + p]
+    call qword ptr [rbx + 0x50]
+    mov rcx, qword ptr [rip + p]
+    call qword ptr [rbx + 0x58]
+    mov rcx, qword ptr [rip + p]
+    call qword ptr [rbx + 0x58]
+    mov rsi, rax
+    mov ecx, 0x1234
+    call qword ptr [rbx + 0x58]
+    mov rax, rsi
+    add rsp, 0x28
+    pop rsi
+    pop rbx
+    ret
+p:
+    .quad 0x0
+"""
+    image = q35.load_image(build_driver(source), standalone=True, name="Pool")
+    assert image.status == 0x8000000000000002
+    kinds = [f.kind for f in q35.services.findings]
+    assert kinds == ["double-free", "foreign-free"]
