@@ -54,6 +54,7 @@ from smmemu.services.dxe import DxeServices
 from smmemu.services.guestmem import GuestMemory
 from smmemu.services.heap import SmramHeap
 from smmemu.services.images import MM_DISPATCH_GUID, DriverManager, LoadedImage
+from smmemu.services.platform_protocols import install_platform_protocols
 from smmemu.services.runtime import MmRuntime
 from smmemu.services.smm_protocols import MM_CPU_GUID, SW_DISPATCH2_GUID, MmCpuProtocol, SwDispatch2
 from smmemu.services.thunks import ThunkTable
@@ -95,6 +96,8 @@ class Machine:
             clock (and the SMI timers) advance with executed code.
         virtual_budget: virtual seconds one run may take (implies ``virtual_clock``);
             deterministic, unlike ``budget``.
+        pcd: values of dynamic PCD tokens for loaded drivers (token number -> value;
+            unlisted tokens read as 0, and every read is reported).
 
     Raises:
         ProfileError: unknown profile.
@@ -106,7 +109,8 @@ class Machine:
 
     def __init__(self, profile: str = "q35", image: str | Path | None = None, *,
                  cpus: int = 1, budget: float = 2.0, trigger_order: str = "patina",
-                 virtual_clock: bool = False, virtual_budget: float | None = None) -> None:
+                 virtual_clock: bool = False, virtual_budget: float | None = None,
+                 pcd: dict[int, int] | None = None) -> None:
         self.profile: Profile = get_profile(profile)
         if not budget > 0:
             raise ConfigError(f"budget must be positive, got {budget!r}", field="budget",
@@ -123,6 +127,7 @@ class Machine:
             raise ConfigError(f"cpus must be between 1 and {max_cpus}, got {cpus}",
                               field="cpus", value=cpus)
         self.budget = budget
+        self._pcd = dict(pcd or {})
         if virtual_budget is not None and not virtual_budget > 0:
             raise ConfigError(f"virtual_budget must be positive, got {virtual_budget!r}",
                               field="virtual_budget", value=virtual_budget)
@@ -215,6 +220,8 @@ class Machine:
             handler_table=constants["HANDLER_TABLE"], save_states=save_states,
             io_read=self.ports.read, io_write=self.ports.write)
         self.dxe_services = DxeServices(self.services)
+        self.pcd = install_platform_protocols(
+            self.dxe_services, (self.profile.tseg_base, self.profile.tseg_size), self._pcd)
         self.sw_dispatch = SwDispatch2(self.services,
                                        lambda: (self.apm.apm_cnt, self.apm.apm_sts))
         mm_cpu = MmCpuProtocol(self.services, self.profile,

@@ -31,6 +31,7 @@ from smmemu.uefi.status import EfiStatus
 __all__ = ["SMM_BASE2_GUID", "DxeServices"]
 
 SMM_BASE2_GUID = uuid.UUID("f4ccbfb7-f6e0-47fd-9dd4-10a8f150c191")
+HOB_LIST_GUID = uuid.UUID("7739f24c-93d7-11d4-9a3a-0090273fc14d")
 _BOOT_SERVICES = (
     "RaiseTPL", "RestoreTPL", "AllocatePages", "FreePages", "GetMemoryMap", "AllocatePool",
     "FreePool", "CreateEvent", "SetTimer", "WaitForEvent", "SignalEvent", "CloseEvent",
@@ -95,7 +96,16 @@ class DxeServices:
         mem.put_u64(self.system_table + 0x18, vendor)
         mem.put_u64(self.system_table + 0x58, self.runtime_services)
         mem.put_u64(self.system_table + 0x60, self.boot_services)
-        mem.put_u64(self.system_table + 0x70, mm.pool(24))
+        # One configuration table: a HOB list (PHIT, end of list), for HobLib users.
+        hobs = mm.pool(64)
+        mem.write(hobs, struct.pack("<HHI", 1, 56, 0) + struct.pack("<IIQQQQQ", 9, 0, 0, 0, 0,
+                                                                     0, 0))
+        mem.write(hobs + 56, struct.pack("<HHI", 0xFFFF, 8, 0))
+        config = mm.pool(24)
+        mem.write(config, HOB_LIST_GUID.bytes_le + struct.pack("<Q", hobs))
+        mem.put_u64(self.system_table + 0x68, 1)
+        mem.put_u64(self.system_table + 0x70, config)
+        self.hob_list = hobs
         base2 = mm.pool(16)
         mem.put_u64(base2, mm.thunks.add("SmmBase2->InSmm", self._in_smm))
         mem.put_u64(base2 + 8, mm.thunks.add("SmmBase2->GetSmstLocation", self._get_smst))
