@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint type check firmware bench clean
+.PHONY: demo test lint type check firmware firmware-drivers bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,15 +19,19 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check smmemu tests $(wildcard bench)
+	$(BIN)/ruff check smmemu tests $(wildcard bench) firmware_blobs
 
 type: $(STAMP)
 	$(BIN)/mypy
 
 check: lint type test
 
-firmware: $(STAMP)
+firmware: firmware-drivers $(STAMP)
 	$(BIN)/python -m smmemu.firmware.build
+
+# The test MM drivers in C (firmware_blobs/drivers); needs Debian's clang and lld.
+firmware-drivers:
+	$(PYTHON) firmware_blobs/drivers/build.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -44,17 +44,22 @@ def smbase_of(image: MmCoreImage, cpu: int) -> int:
 
 
 def install_core(image: MmCoreImage, memory: PhysicalMemory, profile: Profile,
-                 comm_buffers: Sequence[tuple[int, int, int, int]], cpus: int) -> None:
-    """Copy the image into TSEG and write its boot information."""
+                 comm_buffers: Sequence[tuple[int, int, int, int]], cpus: int, *,
+                 traditional: bool = False) -> None:
+    """Copy the image into TSEG and write its boot information.
+
+    ``traditional`` selects edk2's PiSmmCore behaviour for traditional SMM drivers:
+    requests handled in the comm buffer itself, and all DRAM mapped (NX) in SMM.
+    """
     memory.write(image.load_address, image.blob, smm=True)
-    boot = bytearray(0x60)
+    boot = bytearray(0x70)
     boot[0:8] = _BOOT_INFO_SIGNATURE
     struct.pack_into("<II", boot, 8, 1, len(comm_buffers))
     for index, address, pages, status in comm_buffers:
         record = MmCommBuffer(PhysicalStart=address, NumberOfPages=pages, Status=status)
         boot[0x10 + index * 0x18:0x28 + index * 0x18] = record.to_bytes()
-    struct.pack_into("<QQQQ", boot, 0x40, profile.tseg_base, profile.tseg_size, profile.pmbase,
-                     cpus)
+    struct.pack_into("<QQQQQQ", boot, 0x40, profile.tseg_base, profile.tseg_size,
+                     profile.pmbase, cpus, int(traditional), int(traditional))
     memory.write(image.constants["BOOT_INFO"], bytes(boot), smm=True)
 
 

@@ -50,6 +50,7 @@ from smmemu.memory import PhysicalMemory, SmramAccess
 from smmemu.profiles import Profile, get_profile
 from smmemu.results import CommResult, FaultRecord, SmiResult, StopReason
 from smmemu.scheduler import Scheduler
+from smmemu.services.dispatcher import FirmwareReport, dispatch_firmware
 from smmemu.services.dxe import DxeServices
 from smmemu.services.guestmem import GuestMemory
 from smmemu.services.heap import SmramHeap
@@ -59,13 +60,18 @@ from smmemu.services.runtime import MmRuntime
 from smmemu.services.smm_protocols import MM_CPU_GUID, SW_DISPATCH2_GUID, MmCpuProtocol, SwDispatch2
 from smmemu.services.thunks import ThunkTable
 from smmemu.smm.savestate import map_size
-from smmemu.uefi.guids import parse_guid
+from smmemu.uefi.guids import END_OF_DXE_GUID, MM_READY_TO_LOCK_GUID, parse_guid
+from smmemu.uefi.status import EfiStatus
 
 __all__ = ["SETTABLE_REGISTERS", "Machine"]
 
 log = logging.getLogger(__name__)
 
 _PM_NAME = "ICH9 ACPI/PM (PMBASE)"
+_EVENT_PROTOCOLS = {
+    MM_READY_TO_LOCK_GUID: uuid.UUID("47b7fa8c-f4bd-4af6-8200-333086f0d2c8"),
+    END_OF_DXE_GUID: uuid.UUID("24e70042-d5c5-4260-8c39-0ad3aa32e93d"),
+}
 _THUNK_AREA = 0x1_0000
 _COMM_BUFFERS = (  # (id, address, pages, status address): 0 = supervisor, 1 = user
     (0, 0x0010_0000, 4, 0x0011_0000),
@@ -98,6 +104,13 @@ class Machine:
             deterministic, unlike ``budget``.
         pcd: values of dynamic PCD tokens for loaded drivers (token number -> value;
             unlisted tokens read as 0, and every read is reported).
+        firmware: a firmware volume or flash image (``.fd``) whose MM drivers are loaded
+            and dispatched in dependency order at start-up (see ``firmware_report``).
+        mode: ``"standalone"`` (default: requests on a copy in SMRAM, only the comm
+            buffers mapped in SMM, as edk2's Standalone MM core and the MM Supervisor)
+            or ``"traditional"`` (edk2's PiSmmCore: requests handled in the comm buffer
+            itself and all DRAM mapped NX, as traditional SMM drivers expect; the
+            default when ``firmware`` is given).
 
     Raises:
         ProfileError: unknown profile.
@@ -110,7 +123,8 @@ class Machine:
     def __init__(self, profile: str = "q35", image: str | Path | None = None, *,
                  cpus: int = 1, budget: float = 2.0, trigger_order: str = "patina",
                  virtual_clock: bool = False, virtual_budget: float | None = None,
-                 pcd: dict[int, int] | None = None) -> None:
+                 pcd: dict[int, int] | None = None,
+                 firmware: str | Path | bytes | None = None, mode: str | None = None) -> None:
         self.profile: Profile = get_profile(profile)
         if not budget > 0:
             raise ConfigError(f"budget must be positive, got {budget!r}", field="budget",
@@ -164,7 +178,13 @@ class Machine:
         for cpu in self._cpus:
             cpu.engine.map_mmio(ECAM_BASE, ECAM_SIZE, self.pci.ecam_read, self.pci.ecam_write)
             cpu.watch_msr_sites(self.image.msr_sites)
-        install_core(self.image, self._memory, p, _COMM_BUFFERS, cpus)
+        self.mode = mode if mode is not None else ("traditional" if firmware is not None
+                                                   else "standalone")
+        if self.mode not in ("standalone", "traditional"):
+            raise ConfigError(f"unknown MM core mode {self.mode!r} (standalone or traditional)",
+                              field="mode", value=self.mode)
+        install_core(self.image, self._memory, p, _COMM_BUFFERS, cpus,
+                     traditional=self.mode == "traditional")
         self._invalidate(p.tseg_base, p.tseg_base + p.tseg_size)
         install_entry_stubs(self.image, self._memory, cpus)
         self._dxe = DxePlatform(self._memory, p.pmbase)
@@ -175,6 +195,9 @@ class Machine:
                    for i, address, pages, status in _COMM_BUFFERS]
         self._communicator = MmCommunicator(buffers, self, self, order=order)
         self._boot()
+        self.firmware_report: FirmwareReport | None = None
+        if firmware is not None:
+            self.firmware_report = self.load_firmware(firmware)
 
     # -- construction -----------------------------------------------------------
     def _check_image_fits(self) -> None:
@@ -213,7 +236,6 @@ class Machine:
         kind = self.profile.save_state
         save_states = [(cpu.smbase + self.profile.save_state_offset, map_size(kind))
                        for cpu in self._cpus]
-        first = self._cpus[0]
         self.services = MmRuntime(
             memory, self.heap, thunks, mmi_manage=self.image.symbols["mmi_manage"],
             mmi_handler_register=self.image.symbols["mmi_handler_register"],
@@ -237,7 +259,34 @@ class Machine:
             cpu.guest_return_thunk = guest_return
         self._append_handler(self.sw_dispatch.root_handler, None)
         self._append_handler(self.drivers.dispatch_handler, MM_DISPATCH_GUID)
-        del first
+        for event, protocol in _EVENT_PROTOCOLS.items():
+            self._wrap_event_handler(event, protocol)
+
+    def _wrap_event_handler(self, event: uuid.UUID, protocol: uuid.UUID) -> None:
+        """After the MM core's own handler for ``event``, install the SMM ``protocol``.
+
+        PiSmmCore installs gEfiSmmReadyToLockProtocolGuid / gEfiSmmEndOfDxeProtocolGuid in
+        its handlers for the DXE events; drivers wait for them with RegisterProtocolNotify.
+        """
+        table = self.image.constants["HANDLER_TABLE"]
+        count = int(struct.unpack("<Q", self._memory.read(table, 8, smm=True))[0])
+        for index in range(count):
+            record = table + 0x10 + index * 0x20
+            flags, handler, guid = struct.unpack("<QQ16s", self._memory.read(record, 0x20,
+                                                                               smm=True))
+            if flags & 1 and not flags & 2 and uuid.UUID(bytes_le=guid) == event:
+                services = self.services
+
+                def wrapped(cpu: Cpu, original: int = handler,
+                            protocol: uuid.UUID = protocol,
+                            services: MmRuntime = services) -> int:
+                    status = cpu.call_guest(original, [cpu.argument(i) for i in range(4)])
+                    services.install_event_protocol(cpu, protocol)
+                    return EfiStatus.DEVICE_ERROR if status is None else status
+
+                thunk = services.thunks.add(f"{event} handler + SMM protocol", wrapped)
+                self._memory.write(record + 8, struct.pack("<Q", thunk), smm=True)
+                return
 
     def _tick(self) -> None:
         """Between scheduler rounds: move the virtual clock with the code executed."""
@@ -594,6 +643,46 @@ class Machine:
         if dispatch:
             self.dispatch_drivers()
         return image
+
+    @property
+    def in_place(self) -> bool:
+        """Whether requests are handled in the comm buffer itself (PiSmmCore) or on a copy."""
+        return self._memory.read(self.image.constants["BOOT_INFO"] + 0x60, 1, smm=True) != b"\0"
+
+    @in_place.setter
+    def in_place(self, value: bool) -> None:
+        self._memory.write(self.image.constants["BOOT_INFO"] + 0x60,
+                           struct.pack("<Q", int(value)), smm=True)
+
+    def load_firmware(self, source: str | Path | bytes) -> FirmwareReport:
+        """Load and dispatch every MM driver of a firmware volume or flash image.
+
+        Traditional SMM drivers are written for edk2's PiSmmCore, which hands
+        handlers the comm buffer in place (they check that it lies outside SMRAM)
+        and maps DRAM in SMM: build the Machine with ``mode="traditional"`` (the
+        default with ``firmware=``).
+
+        Raises:
+            ImageError: unreadable or unparsable firmware.
+        """
+        self._alive()
+        if isinstance(source, bytes):
+            data = source
+        else:
+            path = Path(source)
+            try:
+                data = path.read_bytes()
+            except OSError as err:
+                raise ImageError(f"cannot read {path}: {err.strerror}", path=str(path)) from err
+
+        def load(pe: bytes, name: str, standalone: bool) -> LoadedImage:
+            return self.load_image(pe, name=name, standalone=standalone)
+
+        def installed() -> set[uuid.UUID]:
+            return ({r.guid for r in self.services.db.records}
+                    | {r.guid for r in self.dxe_services.db.records})
+
+        return dispatch_firmware(data, load, installed)
 
     def dispatch_drivers(self) -> CommResult:
         """Run every loaded driver's pending entry point (an MMI on gEventMmDispatchGuid)."""

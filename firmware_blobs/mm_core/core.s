@@ -91,6 +91,27 @@ core_init:
     mov rdi, qword ptr [r12 + 0x38]
     mov rsi, 0x1
     call map_range
+    # edk2 policy (traditional drivers): DRAM below TSEG present, writable, NX, as
+    # PiSmmCpuDxeSmm maps non-SMRAM memory before ready-to-lock.
+    mov rax, BOOT_INFO
+    cmp qword ptr [rax + BI_MAP_DRAM], 0x0
+    je core_init_dram_done
+    mov rbx, PD0
+    xor ecx, ecx
+core_init_dram:
+    mov rdx, rcx
+    shr rdx, 0x15
+    cmp qword ptr [rbx + rdx*8], 0x0
+    jne core_init_dram_next
+    mov rax, rcx
+    or rax, 0x83
+    bts rax, 0x3f
+    mov qword ptr [rbx + rdx*8], rax
+core_init_dram_next:
+    add rcx, 0x200000
+    cmp rcx, TSEG_BASE
+    jb core_init_dram
+core_init_dram_done:
     mov rax, PML4
     mov cr3, rax
     call init_idt
@@ -292,6 +313,13 @@ process_channel:
     cmp r15, COMM_COPY_SIZE
     ja process_channel_too_big
     mov qword ptr [rsp + 0x20], rsi
+    # In-place mode (edk2's traditional PiSmmCore): dispatch on the buffer itself.
+    mov rax, BOOT_INFO
+    cmp qword ptr [rax + BI_IN_PLACE], 0x0
+    je process_channel_copy
+    mov rcx, r12
+    jmp process_channel_dispatch
+process_channel_copy:
     # Work on a copy in SMRAM: copy the request, zero the rest of the copy.
     mov rdi, COMM_COPY
     mov rcx, rsi
@@ -302,8 +330,9 @@ process_channel:
     mov rcx, r15
     sub rcx, qword ptr [rsp + 0x20]
     call zero_bytes
-    # MmiManage(&HeaderGuid, NULL, Data, &Size) with Size = MessageLength.
     mov rcx, COMM_COPY
+process_channel_dispatch:
+    # MmiManage(&HeaderGuid, NULL, Data, &Size) with Size = MessageLength.
     mov rax, qword ptr [rcx + 0x10]
     mov qword ptr [rsp + 0x28], rax
     xor edx, edx
@@ -318,6 +347,9 @@ process_channel:
     mov qword ptr [rsp + 0x30], rcx
     cmp rcx, r15
     ja process_channel_status
+    mov rax, BOOT_INFO
+    cmp qword ptr [rax + BI_IN_PLACE], 0x0
+    jne process_channel_status
     mov rdi, r12
     mov rsi, COMM_COPY
     call copy_bytes

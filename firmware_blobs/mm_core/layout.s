@@ -50,6 +50,12 @@
 .equ BI_TSEG_SIZE,     0x48
 .equ BI_PMBASE,        0x50
 .equ BI_CPU_COUNT,     0x58
+# Non-zero: process requests in the comm buffer itself, as edk2's traditional
+# PiSmmCore does, instead of on a copy in SMRAM (the Standalone MM core's way).
+.equ BI_IN_PLACE,      0x60
+# Non-zero: map all DRAM below TSEG (NX) in the SMM page tables, as edk2 does
+# before ready-to-lock, instead of only the comm buffers.
+.equ BI_MAP_DRAM,      0x68
 .equ RELOC_MAILBOX,    0x07840080
 .equ RELOC_FIELD,      0x07840084
 .equ RELOC_DONE,       0x07840088

@@ -160,6 +160,18 @@ class MmRuntime:
         """Record a finding for the run report."""
         self.findings.append(Finding(kind, message, address))
 
+    def install_event_protocol(self, cpu: Cpu, guid: uuid.UUID) -> None:
+        """Install an SMM event protocol (ReadyToLock, EndOfDxe) once, firing its notifications.
+
+        PiSmmCore does this when DXE signals the event through an MMI.
+        """
+        if self.db.locate(guid) is not None:
+            return
+        guid_ptr = self.pool(16)
+        self.memory.write(guid_ptr, guid.bytes_le)
+        handle_ptr = self.pool(8)
+        self.install(cpu, handle_ptr, guid, 0, guid_ptr)
+
     # -- memory -------------------------------------------------------------------
     def _allocate_pool(self, cpu: Cpu) -> int:
         size, out = cpu.argument(1), cpu.argument(2)
@@ -236,7 +248,8 @@ class MmRuntime:
         return _SUCCESS if result is not None else EfiStatus.DEVICE_ERROR
 
     def _install_configuration_table(self, cpu: Cpu) -> int:
-        guid_ptr, table = cpu.argument(0), cpu.argument(1)
+        # (SystemTable, Guid, Table, TableSize): PI Vol. 4 MmInstallConfigurationTable.
+        guid_ptr, table = cpu.argument(1), cpu.argument(2)
         guid = self.memory.guid(guid_ptr)
         entries = [(g, t) for g, t in self.tables.config_entries if g != guid]
         if table:
