@@ -252,6 +252,7 @@ class Machine:
                                 (MM_CPU_GUID, mm_cpu.interface)):
             self.services.db.install(self.services.pool(16), guid, interface)
         self.drivers = DriverManager(self.services, self.dxe_services)
+        self.services.symbolize = self.symbolize
         guest_return = thunks.add("return to the host", lambda _cpu: 0)
         for cpu in self._cpus:
             cpu.host_calls = self.services.host_call

@@ -78,6 +78,8 @@ class MmRuntime:
         self._io_read = io_read
         self._io_write = io_write
         self._caller = 0
+        self.symbolize: Callable[[int], str | None] = lambda _address: None
+        """Names an address as ``image+offset``; the Machine sets it once images exist."""
         self._cpu: Cpu | None = None
         self.tables = _Tables()
         self._build(mmi_manage, mmi_handler_register, save_states)
@@ -156,6 +158,11 @@ class MmRuntime:
         """The return address of the service call being performed."""
         return self._caller
 
+    def where(self, address: int) -> str:
+        """``image+offset (0x…)`` for an address, or just the address when no image holds it."""
+        name = self.symbolize(address)
+        return f"{name} ({address:#x})" if name else f"{address:#x}"
+
     def report(self, kind: str, message: str, address: int | None = None) -> None:
         """Record a finding for the run report."""
         self.findings.append(Finding(kind, message, address))
@@ -188,7 +195,7 @@ class MmRuntime:
         if self.heap.free(address, caller=self._caller):
             return _SUCCESS
         misuse = self.heap.misuse[-1]
-        self.report(misuse.kind, f"MmFreePool({address:#x}) from {self._caller:#x}: "
+        self.report(misuse.kind, f"MmFreePool({address:#x}) from {self.where(self._caller)}: "
                                  f"{misuse.kind.replace('-', ' ')}", address)
         return _INVALID
 
@@ -208,7 +215,8 @@ class MmRuntime:
         if self.heap.free(address, pages=pages, caller=self._caller):
             return _SUCCESS
         misuse = self.heap.misuse[-1]
-        self.report(misuse.kind, f"MmFreePages({address:#x}, {pages}) from {self._caller:#x}: "
+        self.report(misuse.kind, f"MmFreePages({address:#x}, {pages}) from "
+                                 f"{self.where(self._caller)}: "
                                  f"{misuse.kind.replace('-', ' ')}", address)
         return _NOT_FOUND
 
