@@ -52,6 +52,7 @@ from smmemu.results import CommResult, FaultRecord, SmiResult, StopReason
 from smmemu.scheduler import Scheduler
 from smmemu.services.dispatcher import FirmwareReport, dispatch_firmware
 from smmemu.services.dxe import DxeServices
+from smmemu.services.dxe_memory import build_memory_map
 from smmemu.services.guestmem import GuestMemory
 from smmemu.services.heap import SmramHeap
 from smmemu.services.images import MM_DISPATCH_GUID, DriverManager, LoadedImage
@@ -241,7 +242,10 @@ class Machine:
             mmi_handler_register=self.image.symbols["mmi_handler_register"],
             handler_table=constants["HANDLER_TABLE"], save_states=save_states,
             io_read=self.ports.read, io_write=self.ports.write)
-        self.dxe_services = DxeServices(self.services)
+        runtime = [(address, address + pages * 0x1000) for _, address, pages, _ in _COMM_BUFFERS]
+        runtime += [(status, status + 0x1000) for _, _, _, status in _COMM_BUFFERS]
+        self.dxe_services = DxeServices(self.services, build_memory_map(
+            self.profile.dram_size, (self.profile.tseg_base, self.profile.tseg_size), runtime))
         self.pcd = install_platform_protocols(
             self.dxe_services, (self.profile.tseg_base, self.profile.tseg_size), self._pcd)
         self.sw_dispatch = SwDispatch2(self.services,

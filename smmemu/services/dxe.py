@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable
 
 from smmemu.cpu import Cpu
+from smmemu.services.dxe_memory import DXE_SERVICES_TABLE_GUID, DxeMemoryMap, MemoryRange
 from smmemu.services.protocols import ProtocolDatabase
 from smmemu.services.runtime import MmRuntime, UnresolvedRequest
 from smmemu.uefi.status import EfiStatus
@@ -58,8 +59,9 @@ _ST_SIGNATURE = 0x5453_5953_2049_4249  # 'IBI SYST'
 class DxeServices:
     """The DXE system table and boot services a DXE_SMM_DRIVER's entry point uses."""
 
-    def __init__(self, mm: MmRuntime) -> None:
+    def __init__(self, mm: MmRuntime, memory_map: list[MemoryRange]) -> None:
         self.mm = mm
+        self.memory_map = DxeMemoryMap(mm, memory_map)
         self.db = ProtocolDatabase()
         self.events = 0
         mem = mm.memory
@@ -74,7 +76,7 @@ class DxeServices:
             "InstallMultipleProtocolInterfaces": self._install_multiple,
             "RegisterProtocolNotify": self._register_notify, "CopyMem": self._copy_mem,
             "SetMem": self._set_mem, "Stall": self._success,
-            "CalculateCrc32": self._crc32,
+            "CalculateCrc32": self._crc32, "GetMemoryMap": self.memory_map.get_memory_map,
         }
         self.boot_services = mm.pool(0x18 + 8 * len(_BOOT_SERVICES))
         mem.write(self.boot_services, struct.pack("<QIII", _BS_SIGNATURE, 0x0002_0046,
@@ -96,14 +98,16 @@ class DxeServices:
         mem.put_u64(self.system_table + 0x18, vendor)
         mem.put_u64(self.system_table + 0x58, self.runtime_services)
         mem.put_u64(self.system_table + 0x60, self.boot_services)
-        # One configuration table: a HOB list (PHIT, end of list), for HobLib users.
+        # Two configuration tables: a HOB list (PHIT, end of list) for HobLib users and
+        # the DXE services table for DxeServicesTableLib (gDS).
         hobs = mm.pool(64)
         mem.write(hobs, struct.pack("<HHI", 1, 56, 0) + struct.pack("<IIQQQQQ", 9, 0, 0, 0, 0,
                                                                      0, 0))
         mem.write(hobs + 56, struct.pack("<HHI", 0xFFFF, 8, 0))
-        config = mm.pool(24)
-        mem.write(config, HOB_LIST_GUID.bytes_le + struct.pack("<Q", hobs))
-        mem.put_u64(self.system_table + 0x68, 1)
+        config = mm.pool(48)
+        mem.write(config, HOB_LIST_GUID.bytes_le + struct.pack("<Q", hobs)
+                  + DXE_SERVICES_TABLE_GUID.bytes_le + struct.pack("<Q", self.memory_map.table))
+        mem.put_u64(self.system_table + 0x68, 2)
         mem.put_u64(self.system_table + 0x70, config)
         self.hob_list = hobs
         base2 = mm.pool(16)
