@@ -74,6 +74,7 @@ _EVENT_PROTOCOLS = {
     END_OF_DXE_GUID: uuid.UUID("24e70042-d5c5-4260-8c39-0ad3aa32e93d"),
 }
 _THUNK_AREA = 0x1_0000
+_FLASH_WINDOW = 0xFF00_0000  # the top 16 MiB below 4 GiB: the platform flash on q35 and ICH9
 _COMM_BUFFERS = (  # (id, address, pages, status address): 0 = supervisor, 1 = user
     (0, 0x0010_0000, 4, 0x0011_0000),
     (1, 0x0012_0000, 4, 0x0013_0000),
@@ -85,6 +86,19 @@ SETTABLE_REGISTERS = frozenset({
     "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
     "r14", "r15",
 })
+
+
+def _why_no_return(result: CommResult) -> str:
+    """Why a driver's entry point did not return, from the dispatch MMI's outcome."""
+    fault = result.fault
+    if fault is not None:
+        where = fault.symbol or f"{fault.rip:#x}"
+        extra = f" accessing {fault.cr2:#x}" if fault.vector == 14 else ""
+        if fault.vector == 14 and fault.cr2 >= _FLASH_WINDOW:
+            extra += " (the flash device, which smmemu does not emulate)"
+        return f"{fault.name} at {where}{extra} during the entry point"
+    detail = f": {result.smi.detail}" if result.smi.detail else ""
+    return f"the entry point did not return ({result.smi.stop.value}{detail})"
 
 
 class Machine:
@@ -646,7 +660,9 @@ class Machine:
         for address, code in self.drivers.code_ranges(image):
             self._watch_code(address, code)
         if dispatch:
-            self.dispatch_drivers()
+            result = self.dispatch_drivers()
+            if image.status is None and image.error is not None:
+                image.error = _why_no_return(result)
         return image
 
     @property

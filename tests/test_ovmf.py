@@ -1,0 +1,157 @@
+"""Debian's OVMF SMM build (OVMF_CODE_4M.secboot.fd) dispatched from its firmware volumes.
+
+The image comes from the ``ovmf`` package, which .ci/run installs; without it these tests skip.
+The LockBox requests follow MdeModulePkg's EFI_SMM_LOCK_BOX_PARAMETER_* layouts
+(Include/Guid/SmmLockBox.h): a 16-byte header {UINT32 Command, UINT32 DataLength,
+UINT64 ReturnStatus} followed by the command's fields.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from pathlib import Path
+
+import pytest
+
+from smmemu import Machine, StopReason
+from smmemu.uefi.guids import END_OF_DXE_GUID, MM_READY_TO_LOCK_GUID
+from smmemu.uefi.status import EfiStatus
+
+OVMF = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+pytestmark = pytest.mark.skipif(not OVMF.exists(), reason=f"{OVMF} not installed (apt ovmf)")
+
+LOCKBOX_GUID = uuid.UUID("2a3cfebd-27e8-4d0a-8b79-d688c2a3e1c0")  # gEfiSmmLockBoxCommunicationGuid
+CPU_IO2_GUID = uuid.UUID("3242a9d8-ce70-4aa0-955d-5e7b140de4d2")  # gEfiSmmCpuIo2ProtocolGuid
+SAVE, RESTORE, SET_ATTRIBUTES = 1, 3, 4
+LOCK_BOX_ATTRIBUTE_RESTORE_IN_PLACE = 1
+BOX = uuid.UUID("11112222-3333-4444-5555-666677778888")
+SECRET = b"S3 resume boot script!"
+SOURCE = 0x0030_0000  # conventional DRAM outside SMRAM
+# After ReadyToLock, SmmMemLib accepts only runtime/reserved memory: the user comm buffer
+# pages are EfiRuntimeServicesData in smmemu's DXE memory map.
+RUNTIME_TARGET = 0x0012_2000
+
+
+def save(box: uuid.UUID, buffer: int, length: int) -> bytes:
+    return struct.pack("<IIQ", SAVE, 48, 0) + box.bytes_le + struct.pack("<QQ", buffer, length)
+
+
+def restore(box: uuid.UUID, buffer: int, length: int) -> bytes:
+    return struct.pack("<IIQ", RESTORE, 48, 0) + box.bytes_le + struct.pack("<QQ", buffer, length)
+
+
+def set_attributes(box: uuid.UUID, attributes: int) -> bytes:
+    return struct.pack("<IIQ", SET_ATTRIBUTES, 40, 0) + box.bytes_le + struct.pack("<Q",
+                                                                                  attributes)
+
+
+def return_status(data: bytes) -> int:
+    return int(struct.unpack_from("<Q", data, 8)[0])
+
+
+@pytest.fixture
+def ovmf() -> Machine:
+    return Machine(firmware=OVMF)
+
+
+def test_firmware_report_lists_every_smm_driver_with_its_fate(ovmf: Machine) -> None:
+    report = ovmf.firmware_report
+    assert report is not None
+    states = {entry.name: entry.state for entry in report.entries}
+
+    assert states == {
+        "PiSmmCore": "skipped", "PiSmmCpuDxeSmm": "skipped",
+        "CpuIo2Smm": "dispatched", "SmmLockBox": "dispatched",
+        "FvbServicesSmm": "failed", "VariableSmm": "failed",
+        "SmmFaultTolerantWriteDxe": "blocked", "CpuHotplugSmm": "blocked",
+    }
+    for name in ("CpuIo2Smm", "SmmLockBox"):
+        assert report.by_name(name).status == EfiStatus.SUCCESS
+
+
+def test_drivers_that_touch_flash_fail_with_a_reported_fault_not_a_crash(ovmf: Machine) -> None:
+    report = ovmf.firmware_report
+    assert report is not None
+
+    for name in ("FvbServicesSmm", "VariableSmm"):
+        reason = report.by_name(name).reason
+        assert reason.startswith(f"#PF at {name}+0x")
+        assert "accessing 0xffc00000" in reason
+    assert "dependency expression never TRUE" in report.by_name("CpuHotplugSmm").reason
+
+
+def test_cpu_io2_smm_installs_its_protocol(ovmf: Machine) -> None:
+    record = ovmf.services.db.locate(CPU_IO2_GUID)
+
+    assert record is not None
+    assert (ovmf.symbolize(record.installer) or "").startswith("CpuIo2Smm+0x")
+
+
+def test_lockbox_save_then_restore_returns_the_saved_bytes(ovmf: Machine) -> None:
+    ovmf.write_physical(SOURCE, SECRET)
+    saved = ovmf.communicate(LOCKBOX_GUID, save(BOX, SOURCE, len(SECRET)))
+    ovmf.write_physical(SOURCE, bytes(len(SECRET)))
+
+    restored = ovmf.communicate(LOCKBOX_GUID, restore(BOX, SOURCE + 0x1000, 64))
+
+    assert return_status(saved.data) == EfiStatus.SUCCESS
+    assert return_status(restored.data) == EfiStatus.SUCCESS
+    assert struct.unpack_from("<Q", restored.data, 40)[0] == len(SECRET)  # actual length
+    assert ovmf.read_physical(SOURCE + 0x1000, len(SECRET)) == SECRET
+
+
+def test_lockbox_restore_into_a_short_buffer_is_buffer_too_small(ovmf: Machine) -> None:
+    ovmf.write_physical(SOURCE, SECRET)
+    ovmf.communicate(LOCKBOX_GUID, save(BOX, SOURCE, len(SECRET)))
+
+    result = ovmf.communicate(LOCKBOX_GUID, restore(BOX, SOURCE + 0x1000, 4))
+
+    assert return_status(result.data) == EfiStatus.BUFFER_TOO_SMALL
+    assert struct.unpack_from("<Q", result.data, 40)[0] == len(SECRET)
+
+
+def test_lockbox_set_attributes_on_a_saved_box(ovmf: Machine) -> None:
+    ovmf.write_physical(SOURCE, SECRET)
+    ovmf.communicate(LOCKBOX_GUID, save(BOX, SOURCE, len(SECRET)))
+
+    known = ovmf.communicate(LOCKBOX_GUID,
+                             set_attributes(BOX, LOCK_BOX_ATTRIBUTE_RESTORE_IN_PLACE))
+    unknown = ovmf.communicate(LOCKBOX_GUID, set_attributes(uuid.uuid4(), 1))
+
+    assert return_status(known.data) == EfiStatus.SUCCESS
+    assert return_status(unknown.data) == EfiStatus.NOT_FOUND
+
+
+def test_lockbox_refuses_save_from_outside_after_ready_to_lock(ovmf: Machine) -> None:
+    ovmf.write_physical(SOURCE, SECRET)
+    ovmf.communicate(LOCKBOX_GUID, save(BOX, SOURCE, len(SECRET)))
+    assert ovmf.communicate(END_OF_DXE_GUID, b"\0").smi.stop is StopReason.HALTED
+    assert ovmf.communicate(MM_READY_TO_LOCK_GUID, b"\0").smi.stop is StopReason.HALTED
+
+    refused = ovmf.communicate(LOCKBOX_GUID, save(uuid.uuid4(), SOURCE, len(SECRET)))
+    restored = ovmf.communicate(LOCKBOX_GUID, restore(BOX, RUNTIME_TARGET, 64))
+
+    assert return_status(refused.data) == EfiStatus.ACCESS_DENIED
+    assert return_status(restored.data) == EfiStatus.SUCCESS  # restores stay allowed
+    assert ovmf.read_physical(RUNTIME_TARGET, len(SECRET)) == SECRET
+
+
+def test_lockbox_refuses_restore_into_boot_memory_after_ready_to_lock(ovmf: Machine) -> None:
+    ovmf.write_physical(SOURCE, SECRET)
+    ovmf.communicate(LOCKBOX_GUID, save(BOX, SOURCE, len(SECRET)))
+    ovmf.communicate(END_OF_DXE_GUID, b"\0")
+    ovmf.communicate(MM_READY_TO_LOCK_GUID, b"\0")
+
+    result = ovmf.communicate(LOCKBOX_GUID, restore(BOX, SOURCE + 0x1000, 64))
+
+    assert return_status(result.data) == EfiStatus.ACCESS_DENIED
+    assert ovmf.read_physical(SOURCE + 0x1000, len(SECRET)) == bytes(len(SECRET))
+
+
+def test_lockbox_refuses_a_save_source_inside_smram(ovmf: Machine) -> None:
+    tseg = ovmf.profile.tseg_base
+
+    result = ovmf.communicate(LOCKBOX_GUID, save(BOX, tseg + 0x1000, 16))
+
+    assert return_status(result.data) == EfiStatus.ACCESS_DENIED
