@@ -100,18 +100,30 @@ class MachineSpec:
     budget: float | None = None
     order: str = TriggerOrder.PATINA.value
     cpus: int = 1
+    firmware: Path | None = None
+    """A firmware volume or flash image whose MM drivers are dispatched at start."""
+    drivers: tuple[tuple[Path, bool], ...] = ()
+    """Driver files loaded after the firmware, in order: (path, standalone)."""
 
     def build(self) -> Machine:
-        """A new Machine with these settings.
+        """A new Machine with these settings, its firmware dispatched and drivers loaded.
 
         Raises:
             ConfigError: an invalid profile, budget or order.
-            ImageError: an unusable image.
+            ImageError: an unusable MM core image, firmware image or driver.
         """
-        if self.budget is None:
-            return Machine(self.profile, self.image, cpus=self.cpus, trigger_order=self.order)
-        return Machine(self.profile, self.image, cpus=self.cpus, budget=self.budget,
-                       trigger_order=self.order)
+        options: dict[str, Any] = {"cpus": self.cpus, "trigger_order": self.order,
+                                   "firmware": self.firmware}
+        if self.budget is not None:
+            options["budget"] = self.budget
+        machine = Machine(self.profile, self.image, **options)
+        try:
+            for path, standalone in self.drivers:
+                machine.load_image(path, standalone=standalone)
+        except BaseException:
+            machine.close()
+            raise
+        return machine
 
 
 @dataclass(frozen=True, slots=True)

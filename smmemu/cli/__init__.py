@@ -9,11 +9,12 @@ Commands (``smmemu COMMAND --help`` for each):
 * ``info``: the machine's memory map, ports, MMI handlers and image;
 * ``session``: replay a scripted session file (:mod:`smmemu.session`).
 
-Every command takes ``--profile``, ``--image``, ``--budget``, ``--cpus``, ``--json`` and
-``-v``, before or after the command name. stdout carries results only; logs
-and errors go to stderr. Exit status: 0 success, 1 a guest-side failure (a
-fault, an exhausted budget, a shutdown, a session mismatch), 2 a usage or
-host-side error (``smmemu: error: ...``).
+Every command takes ``--profile``, ``--image``, ``--budget``, ``--cpus``, ``--firmware``,
+``--load``, ``--load-standalone``, ``--json`` and ``-v``, before or after the command name;
+with drivers, the output starts with the load report (:mod:`smmemu.cli.drivers`).
+stdout carries results only; logs and errors go to stderr. Exit status: 0 success,
+1 a guest-side failure (a fault, an exhausted budget, a shutdown, a session mismatch),
+2 a usage or host-side error (``smmemu: error: ...``).
 
 Each command module exports ``register(subparsers)`` and ``run(args) -> int``;
 this package only parses, builds the Machine, and dispatches.
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from smmemu import __version__
+from smmemu.cli.drivers import add_options as add_driver_options
 from smmemu.errors import SmmemuError
 from smmemu.profiles import PROFILE_NAMES
 from smmemu.session import MachineSpec
@@ -118,6 +120,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, on_command: bool) ->
                        help="wall-clock budget of one guest run (default 2)")
     group.add_argument("--cpus", type=cpu_count, metavar="N", default=default(None),
                        help="number of CPUs (default 1; SMIs are broadcast to all)")
+    add_driver_options(group, default)
     group.add_argument("--json", action="store_true", default=default(False),
                        help="print one JSON document instead of text")
     group.add_argument("-v", "--verbose", action="count", default=default(0),
@@ -135,8 +138,10 @@ def machine_spec(args: argparse.Namespace, base: MachineSpec | None = None, *,
                  order: str | None = None) -> MachineSpec:
     """The Machine the global options ask for, over ``base`` (default settings when None)."""
     changes: dict[str, Any] = {name: getattr(args, name)
-                               for name in ("profile", "image", "budget", "cpus")
+                               for name in ("profile", "image", "budget", "cpus", "firmware")
                                if getattr(args, name, None) is not None}
+    if getattr(args, "drivers", None):
+        changes["drivers"] = (base.drivers if base else ()) + tuple(args.drivers)
     if order is not None:
         changes["order"] = order
     return dataclasses.replace(base or MachineSpec(), **changes)

@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 from smmemu.cli import Subparsers, hex_bytes, machine_spec, number
+from smmemu.cli.drivers import capture
 from smmemu.cli.render import (
     guest_problems,
     hexdump,
@@ -71,16 +72,19 @@ def run(args: argparse.Namespace) -> int:
     payload = _payload(args)
     with machine_spec(args, order=args.order).build() as machine:
         result = machine.communicate(guid, payload, buffer_id=args.buffer_id)
+        loaded = capture(args, machine)
     failed = not result.smi.ok or result.header_error is not None
     if args.json:
-        print_json({
+        document = {
             "recipient": str(guid), "recipient_name": WELL_KNOWN.get(guid),
             "buffer_id": args.buffer_id, "order": args.order,
             "status_name": status_name(result.status), "ok": not failed,
             "comm_result": result.to_json(),
-        })
+        }
+        print_json(loaded.add_to(document) if loaded else document)
     else:
-        print_lines(_text(guid, args.buffer_id, result))
+        lines = _text(guid, args.buffer_id, result)
+        print_lines(loaded.prefix(lines) if loaded else lines)
     return 1 if failed else 0
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smmemu.cli import Subparsers, machine_spec
+from smmemu.cli.drivers import capture
 from smmemu.cli.render import print_json, print_lines, size_text
 from smmemu.machine import Machine
 from smmemu.uefi.communicate import MmCommBufferStatus
@@ -36,10 +37,12 @@ def run(args: argparse.Namespace) -> int:
     """Describe the machine."""
     with machine_spec(args).build() as machine:
         document = _describe(machine)
+        loaded = capture(args, machine)
     if args.json:
-        print_json(document)
+        print_json(loaded.add_to(document) if loaded else document)
     else:
-        print_lines(_text(machine, document))
+        lines = _text(machine, document)
+        print_lines(loaded.prefix(lines) if loaded else lines)
     return 0
 
 

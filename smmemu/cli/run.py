@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smmemu.cli import Subparsers, machine_spec
+from smmemu.cli.drivers import capture
 from smmemu.cli.render import guest_problems, print_json, print_lines, smi_summary, status_text
 from smmemu.results import CommResult
 from smmemu.uefi.communicate import (
@@ -56,9 +57,14 @@ def run(args: argparse.Namespace) -> int:
         outcome = _decode(machine.communicate(MM_SUPERVISOR_REQUEST_HANDLER_GUID, request,
                                               buffer_id=0))
         profile = machine.profile.name
+        loaded = capture(args, machine)
     if args.json:
-        print_json(_json(outcome, profile))
-    elif outcome.version is not None:
+        document = _json(outcome, profile)
+        print_json(loaded.add_to(document) if loaded else document)
+        return 0 if outcome.version is not None else 1
+    if loaded:
+        print_lines(loaded.prefix([]))
+    if outcome.version is not None:
         info = outcome.version
         print(f"MM Supervisor Version: 0x{info.Version:08x}, "
               f"Patch Level: 0x{info.PatchLevel:08x}, "

@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from smmemu.cli import Subparsers, machine_spec, number
+from smmemu.cli.drivers import capture
 from smmemu.cli.render import guest_problems, print_json, print_lines, register_grid, smi_summary
 from smmemu.results import SmiResult
 
@@ -54,15 +55,18 @@ def run(args: argparse.Namespace) -> int:
     regs = dict(args.reg)
     with machine_spec(args).build() as machine:
         result = machine.software_smi(args.command, args.data, regs=regs)
+        loaded = capture(args, machine)
     asked = {**regs, "rax": (regs.get("rax", 0) & ~0xFFFF) | (args.data << 8) | args.command}
     baseline = {name: result.save_state[name] for name in GPRS if name in result.save_state}
     baseline.update(asked)
     changed = {name: (baseline[name], value) for name, value in result.registers.items()
                if result.ok and name in baseline and baseline[name] != value}
     if args.json:
-        print_json(_json(args, asked, changed, result))
+        document = _json(args, asked, changed, result)
+        print_json(loaded.add_to(document) if loaded else document)
     else:
-        print_lines(_text(result, changed, show_all=args.all))
+        lines = _text(result, changed, show_all=args.all)
+        print_lines(loaded.prefix(lines) if loaded else lines)
     return 0 if result.ok else 1
 
 

@@ -22,6 +22,7 @@ from smmemu.errors import ImageError
 from smmemu.loader.errors import LoaderError
 from smmemu.loader.fv import FirmwareDriver, scan_firmware
 from smmemu.services.images import LoadedImage
+from smmemu.uefi.guids import WELL_KNOWN
 
 __all__ = ["FirmwareEntry", "FirmwareReport", "dispatch_firmware"]
 
@@ -119,6 +120,12 @@ def dispatch_firmware(data: bytes, load: LoadFn, installed: InstalledFn) -> Firm
                 entry.reason = image.error or "the entry point did not return"
             else:
                 entry.state = "dispatched"
-    for _driver, entry in pending:
-        entry.reason = f"dependency expression never TRUE: {entry.depex}"
+    have = installed()
+    for driver, entry in pending:
+        depex = driver.dependency
+        missing = sorted(depex.guids - have, key=str) if depex is not None else []
+        names = ", ".join(f"{guid} ({WELL_KNOWN[guid]})" if guid in WELL_KNOWN else str(guid)
+                          for guid in missing)
+        entry.reason = (f"dependency expression never TRUE; not installed: {names}" if names
+                        else f"dependency expression never TRUE: {entry.depex}")
     return FirmwareReport(entries)

@@ -36,6 +36,24 @@ WELL_KNOWN = {
     READY_TO_BOOT_GUID: "gEfiEventReadyToBootGuid",
     EXIT_BOOT_SERVICES_GUID: "gEfiEventExitBootServicesGuid",
     ECHO_HANDLER_GUID: "smmemu echo handler (patina test_guids::ECHO_HANDLER)",
+    # Protocols and MMI GUIDs real SMM drivers name (edk2 MdePkg.dec, MdeModulePkg.dec,
+    # UefiCpuPkg.dec), so reports can say what a depex or LocateProtocol wanted.
+    uuid.UUID("f4ccbfb7-f6e0-47fd-9dd4-10a8f150c191"): "gEfiSmmBase2ProtocolGuid",
+    uuid.UUID("c2702b74-800c-4131-8746-8fb5b89ce4ac"): "gEfiSmmAccess2ProtocolGuid",
+    uuid.UUID("3242a9d8-ce70-4aa0-955d-5e7b140de4d2"): "gEfiSmmCpuIo2ProtocolGuid",
+    uuid.UUID("1d202cab-c8ab-4d5c-94f7-3cfcc0d3d335"): "gEfiSmmCpuServiceProtocolGuid",
+    uuid.UUID("13a3f0f6-264a-3ef0-f2e0-dec512342f34"): "gEfiPcdProtocolGuid",
+    uuid.UUID("0379be4e-d706-437d-b037-edb82fb772a4"): "gEfiDevicePathUtilitiesProtocolGuid",
+    uuid.UUID("d326d041-bd31-4c01-b5a8-628be87f0653"): "gEfiSmmFirmwareVolumeBlockProtocolGuid",
+    uuid.UUID("b7dfb4e1-052f-449f-87be-9818fc91b733"): "gEfiRuntimeArchProtocolGuid",
+    uuid.UUID("18a3c6dc-5eea-48c8-a1c1-b53389f98999"): "gEfiSmmSwDispatch2ProtocolGuid",
+    uuid.UUID("eb346b97-975f-4a9f-8b22-f8e92bb3d569"): "gEfiSmmCpuProtocolGuid",
+    uuid.UUID("47b7fa8c-f4bd-4af6-8200-333086f0d2c8"): "gEfiSmmReadyToLockProtocolGuid",
+    uuid.UUID("24e70042-d5c5-4260-8c39-0ad3aa32e93d"): "gEfiSmmEndOfDxeProtocolGuid",
+    uuid.UUID("2a3cfebd-27e8-4d0a-8b79-d688c2a3e1c0"): "gEfiSmmLockBoxCommunicationGuid",
+    uuid.UUID("ed32d533-99e6-4209-9cc0-2d72cdd998a7"): "gEfiSmmVariableProtocolGuid",
+    uuid.UUID("da1b0d11-d1a7-46c4-9dc9-f3714875c6eb"): "gVarCheckPolicyLibMmiHandlerGuid",
+    uuid.UUID("7e6efffa-69b4-4c1b-a4c7-aff9c9244feb"): "gEventMmDispatchGuid",
 }
 
 
