@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -59,6 +59,7 @@ from smmemu.services.images import MM_DISPATCH_GUID, DriverManager, LoadedImage
 from smmemu.services.platform_protocols import install_platform_protocols
 from smmemu.services.runtime import MmRuntime
 from smmemu.services.smm_protocols import MM_CPU_GUID, SW_DISPATCH2_GUID, MmCpuProtocol, SwDispatch2
+from smmemu.services.stubs import StubProtocol, install_stub
 from smmemu.services.thunks import ThunkTable
 from smmemu.smm.savestate import map_size
 from smmemu.uefi.guids import END_OF_DXE_GUID, MM_READY_TO_LOCK_GUID, parse_guid
@@ -126,6 +127,9 @@ class Machine:
             or ``"traditional"`` (edk2's PiSmmCore: requests handled in the comm buffer
             itself and all DRAM mapped NX, as traditional SMM drivers expect; the
             default when ``firmware`` is given).
+        stubs: protocols to install before any driver loads, each a table of
+            functions that return a declared status (:class:`StubProtocol`); for the
+            protocols a driver needs that smmemu does not model.
 
     Raises:
         ProfileError: unknown profile.
@@ -139,7 +143,8 @@ class Machine:
                  cpus: int = 1, budget: float = 2.0, trigger_order: str = "patina",
                  virtual_clock: bool = False, virtual_budget: float | None = None,
                  pcd: dict[int, int] | None = None,
-                 firmware: str | Path | bytes | None = None, mode: str | None = None) -> None:
+                 firmware: str | Path | bytes | None = None, mode: str | None = None,
+                 stubs: Iterable[StubProtocol] = ()) -> None:
         self.profile: Profile = get_profile(profile)
         if not budget > 0:
             raise ConfigError(f"budget must be positive, got {budget!r}", field="budget",
@@ -157,6 +162,7 @@ class Machine:
                               field="cpus", value=cpus)
         self.budget = budget
         self._pcd = dict(pcd or {})
+        self._stubs = tuple(stubs)
         if virtual_budget is not None and not virtual_budget > 0:
             raise ConfigError(f"virtual_budget must be positive, got {virtual_budget!r}",
                               field="virtual_budget", value=virtual_budget)
@@ -209,6 +215,12 @@ class Machine:
         buffers = [CommunicateBuffer(i, address, pages * 0x1000, status)
                    for i, address, pages, status in _COMM_BUFFERS]
         self._communicator = MmCommunicator(buffers, self, self, order=order)
+        self.run_hook: Callable[[Cpu, int], SmiResult] | None = None
+        """Runs guest code instead of ``Cpu.run`` when set (a debugger; one-CPU machines only).
+
+        Called as ``run_hook(cpu, rip)`` for every request's guest run; it must start
+        ``cpu`` at ``rip``, drive it to the end of the run and return ``cpu.result()``.
+        """
         self._boot()
         self.firmware_report: FirmwareReport | None = None
         if firmware is not None:
@@ -270,6 +282,10 @@ class Machine:
                                 (MM_CPU_GUID, mm_cpu.interface)):
             self.services.db.install(self.services.pool(16), guid, interface)
         self.drivers = DriverManager(self.services, self.dxe_services)
+        self.stubs: list[StubProtocol] = []
+        """The stub protocols installed, in order."""
+        for stub in self._stubs:
+            self.add_stub(stub)
         self.services.symbolize = self.symbolize
         guest_return = thunks.add("return to the host", lambda _cpu: 0)
         for cpu in self._cpus:
@@ -347,7 +363,9 @@ class Machine:
         for name, value in regs.items():
             cpu.engine.set_reg(name, value)
         before = len(self._memory.findings)
-        if not self._preemptive:
+        if self.run_hook is not None and not self._preemptive:
+            result = self.run_hook(cpu, rip)
+        elif not self._preemptive:
             result = cpu.run(rip, budget=self.budget)
         else:
             cpu.start(rip)
@@ -664,6 +682,21 @@ class Machine:
             if image.status is None and image.error is not None:
                 image.error = _why_no_return(result)
         return image
+
+    def add_stub(self, stub: StubProtocol) -> int:
+        """Install a stub protocol for drivers loaded from now on; returns its interface.
+
+        Raises:
+            ConfigError: the SMRAM heap or the host-call thunk area is full.
+        """
+        self._alive()
+        try:
+            interface = install_stub(self.services, self.dxe_services.db, stub)
+        except MemoryError as err:
+            raise ConfigError(f"cannot install stub {stub.label}: {err}", field="stub",
+                              value=str(stub.guid)) from err
+        self.stubs.append(stub)
+        return interface
 
     @property
     def in_place(self) -> bool:

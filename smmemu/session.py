@@ -68,6 +68,7 @@ from smmemu.errors import CommBufferError, ConfigError, GuidError, SessionError
 from smmemu.machine import Machine
 from smmemu.profiles import PROFILE_NAMES
 from smmemu.results import CommResult, SmiResult, StopReason
+from smmemu.services.stubs import StubProtocol
 from smmemu.uefi.guids import parse_guid
 from smmemu.uefi.status import EfiStatus, status_name
 
@@ -104,6 +105,8 @@ class MachineSpec:
     """A firmware volume or flash image whose MM drivers are dispatched at start."""
     drivers: tuple[tuple[Path, bool], ...] = ()
     """Driver files loaded after the firmware, in order: (path, standalone)."""
+    stubs: tuple[StubProtocol, ...] = ()
+    """Stub protocols installed before any driver."""
 
     def build(self) -> Machine:
         """A new Machine with these settings, its firmware dispatched and drivers loaded.
@@ -113,7 +116,7 @@ class MachineSpec:
             ImageError: an unusable MM core image, firmware image or driver.
         """
         options: dict[str, Any] = {"cpus": self.cpus, "trigger_order": self.order,
-                                   "firmware": self.firmware}
+                                   "firmware": self.firmware, "stubs": self.stubs}
         if self.budget is not None:
             options["budget"] = self.budget
         machine = Machine(self.profile, self.image, **options)

@@ -122,3 +122,17 @@ def test_firmware_lockbox_save_through_communicate_file(
     assert states["SmmLockBox"] == "dispatched"
     symbols = {h["guid"]: h["symbol"] for h in drivers["handlers"]}
     assert symbols[LOCKBOX].startswith("SmmLockBox+0x")
+
+
+def test_stub_option_installs_a_protocol_and_reports_its_calls(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    guid = "01020304-0506-0708-090a-0b0c0d0e0f01"
+    _, document = run_json(capsys, "info", "--stub", f"{guid}:2:0")
+
+    drivers = document["drivers"]
+    assert isinstance(drivers, dict)
+    assert drivers["stubs"] == [{
+        "guid": guid, "name": guid, "functions": 2, "status": "0x0", "environment": "both"}]
+    assert drivers["findings"] == []  # installed, not yet called
+    assert main(["info", "--stub", "not-a-guid"]) == 2
+    assert "malformed GUID" in capsys.readouterr().err

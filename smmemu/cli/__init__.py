@@ -10,8 +10,8 @@ Commands (``smmemu COMMAND --help`` for each):
 * ``session``: replay a scripted session file (:mod:`smmemu.session`).
 
 Every command takes ``--profile``, ``--image``, ``--budget``, ``--cpus``, ``--firmware``,
-``--load``, ``--load-standalone``, ``--json`` and ``-v``, before or after the command name;
-with drivers, the output starts with the load report (:mod:`smmemu.cli.drivers`).
+``--load``, ``--load-standalone``, ``--stub``, ``--json`` and ``-v``, before or after the
+command name; with drivers, the output starts with the load report (:mod:`smmemu.cli.drivers`).
 stdout carries results only; logs and errors go to stderr. Exit status: 0 success,
 1 a guest-side failure (a fault, an exhausted budget, a shutdown, a session mismatch),
 2 a usage or host-side error (``smmemu: error: ...``).
@@ -142,6 +142,8 @@ def machine_spec(args: argparse.Namespace, base: MachineSpec | None = None, *,
                                if getattr(args, name, None) is not None}
     if getattr(args, "drivers", None):
         changes["drivers"] = (base.drivers if base else ()) + tuple(args.drivers)
+    if getattr(args, "stubs", None):
+        changes["stubs"] = (base.stubs if base else ()) + tuple(args.stubs)
     if order is not None:
         changes["order"] = order
     return dataclasses.replace(base or MachineSpec(), **changes)

@@ -1,4 +1,4 @@
-"""``--load``, ``--load-standalone`` and ``--firmware`` for every command, and the load report.
+"""Driver options of every command (--load, --load-standalone, --firmware, --stub); the report.
 
 A bare ``.efi`` file does not say which entry-point convention it expects (edk2 gives
 MM_STANDALONE and DXE_SMM_DRIVER modules the same PE subsystem, 0x0B), so the two kinds
@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smmemu.errors import SmmemuError
 from smmemu.machine import Machine
+from smmemu.services.stubs import StubProtocol, parse_stub
 from smmemu.uefi.guids import WELL_KNOWN
 from smmemu.uefi.status import status_name
 
@@ -32,6 +34,13 @@ def _traditional(text: str) -> tuple[Path, bool]:
 
 def _standalone(text: str) -> tuple[Path, bool]:
     return Path(text), True
+
+
+def _stub(text: str) -> StubProtocol:
+    try:
+        return parse_stub(text)
+    except SmmemuError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_options(group: argparse._ArgumentGroup, default: Callable[[object], object]) -> None:
@@ -48,11 +57,16 @@ def add_options(group: argparse._ArgumentGroup, default: Callable[[object], obje
                        help="load an MM_STANDALONE driver; repeatable")
     group.add_argument("--firmware", type=Path, metavar="FILE.fd", default=default(None),
                        help="dispatch every SMM/MM driver of a firmware volume or flash image")
+    group.add_argument("--stub", type=_stub, action="append", dest="stubs",
+                       metavar="GUID[:COUNT[:STATUS]]", default=default(None),
+                       help="install a protocol of COUNT functions (default 16) that return "
+                            "STATUS (default EFI_UNSUPPORTED) and report each call; repeatable")
 
 
 def wants_report(args: argparse.Namespace) -> bool:
     """Whether the user asked for drivers, so the output includes the load report."""
-    return bool(getattr(args, "firmware", None) or getattr(args, "drivers", None))
+    return bool(getattr(args, "firmware", None) or getattr(args, "drivers", None)
+                or getattr(args, "stubs", None))
 
 
 def _where(machine: Machine, address: int) -> str:
@@ -85,6 +99,10 @@ def report_json(machine: Machine) -> dict[str, Any]:
             "service": request.service, "guid": str(request.guid),
             "caller": f"{request.caller:#x}", "caller_symbol": machine.symbolize(request.caller),
         } for request in machine.services.unresolved],
+        "stubs": [{
+            "guid": str(stub.guid), "name": stub.label, "functions": stub.count,
+            "status": f"{stub.status:#x}", "environment": stub.environment,
+        } for stub in machine.stubs],
         "findings": [{
             "kind": finding.kind, "message": finding.message,
             "address": None if finding.address is None else f"{finding.address:#x}",
