@@ -50,6 +50,7 @@ from smmemu.memory import PhysicalMemory, SmramAccess
 from smmemu.profiles import Profile, get_profile
 from smmemu.results import CommResult, FaultRecord, SmiResult, StopReason
 from smmemu.scheduler import Scheduler
+from smmemu.services.callsite import KnownTable, describe_bad_call, tables_from_protocols
 from smmemu.services.dispatcher import FirmwareReport, dispatch_firmware
 from smmemu.services.dxe import DxeServices
 from smmemu.services.dxe_memory import build_memory_map
@@ -97,7 +98,8 @@ def _why_no_return(result: CommResult) -> str:
         extra = f" accessing {fault.cr2:#x}" if fault.vector == 14 else ""
         if fault.vector == 14 and fault.cr2 >= _FLASH_WINDOW:
             extra += " (the flash device, which smmemu does not emulate)"
-        return f"{fault.name} at {where}{extra} during the entry point"
+        via = f", reached by {fault.call_site}" if fault.call_site else ""
+        return f"{fault.name} at {where}{extra}{via} during the entry point"
     detail = f": {result.smi.detail}" if result.smi.detail else ""
     return f"the entry point did not return ({result.smi.stop.value}{detail})"
 
@@ -407,8 +409,31 @@ class Machine:
         vector, error, rip, cs, rflags, rsp, ss, cr2, cr3 = values[1:10]
         registers = dict(zip(_FAULT_REGS, values[10:], strict=True))
         registers["rsp"] = rsp
+        symbol = self.symbolize(rip)
+        call_site = None if symbol is not None else self._call_site(rip, rsp, registers)
         return FaultRecord(vector, error, rip, cs, rflags, rsp, ss, cr2, cr3, registers,
-                           self._disassemble(rip), self.symbolize(rip))
+                           self._disassemble(rip), symbol, call_site)
+
+    def _call_site(self, rip: int, rsp: int, registers: dict[str, int]) -> str | None:
+        """Who called the bad address ``rip``, through which table (see services.callsite)."""
+        if not hasattr(self, "services"):
+            return None
+
+        def read(address: int, size: int) -> bytes | None:
+            try:
+                return self._memory.read(address, size, smm=True)
+            except Exception:  # noqa: BLE001 - any address may come from a broken stack
+                return None
+
+        dxe = self.dxe_services
+        tables = tables_from_protocols(
+            [(r.guid, r.interface) for r in (*self.services.db.records, *dxe.db.records)])
+        tables += [KnownTable(self.services.tables.mmst, "EFI_MM_SYSTEM_TABLE"),
+                   KnownTable(dxe.system_table, "EFI_SYSTEM_TABLE"),
+                   KnownTable(dxe.boot_services, "EFI_BOOT_SERVICES"),
+                   KnownTable(dxe.runtime_services, "EFI_RUNTIME_SERVICES"),
+                   KnownTable(dxe.memory_map.table, "EFI_DXE_SERVICES")]
+        return describe_bad_call(rip, rsp, registers, read, self.symbolize, tables)
 
     def _disassemble(self, rip: int, count: int = 4) -> tuple[str, ...]:
         try:

@@ -62,6 +62,9 @@ class FaultRecord:
     registers: dict[str, int]
     disassembly: tuple[str, ...] = ()
     symbol: str | None = None
+    call_site: str | None = None
+    """For a fault at an address no image holds: the call that jumped there (caller as
+    image+offset, the operand, and the protocol or services table the pointer came from)."""
 
     @property
     def name(self) -> str:
@@ -80,6 +83,8 @@ class FaultRecord:
             chunk = names[index:index + 4]
             lines.append("  " + "  ".join(f"{n:>3} {self.registers[n]:#018x}" for n in chunk))
         lines.extend(f"  {text}" for text in self.disassembly)
+        if self.call_site:
+            lines.append(f"  reached by: {self.call_site}")
         return "\n".join(lines)
 
 
@@ -220,5 +225,6 @@ def _fault_json(fault: FaultRecord | None) -> dict[str, Any] | None:
         "vector": fault.vector, "name": fault.name, "error_code": hex(fault.error_code),
         "rip": hex(fault.rip), "cr2": hex(fault.cr2), "cr3": hex(fault.cr3),
         "rsp": hex(fault.rsp), "rflags": hex(fault.rflags), "symbol": fault.symbol,
-        "registers": _hexdict(fault.registers), "disassembly": list(fault.disassembly),
+        "call_site": fault.call_site, "registers": _hexdict(fault.registers),
+        "disassembly": list(fault.disassembly),
     }
