@@ -51,6 +51,12 @@ from smmemu.profiles import Profile, get_profile
 from smmemu.results import CommResult, FaultRecord, SmiResult, StopReason
 from smmemu.scheduler import Scheduler
 from smmemu.services.callsite import KnownTable, describe_bad_call, tables_from_protocols
+from smmemu.services.cpu_service import (
+    CPU_SERVICE_GUID,
+    CpuServiceProtocol,
+    build_hot_eject_data,
+    build_hot_plug_data,
+)
 from smmemu.services.dispatcher import FirmwareReport, dispatch_firmware
 from smmemu.services.dxe import DxeServices
 from smmemu.services.dxe_memory import build_memory_map
@@ -121,7 +127,9 @@ class Machine:
         virtual_budget: virtual seconds one run may take (implies ``virtual_clock``);
             deterministic, unlike ``budget``.
         pcd: values of dynamic PCD tokens for loaded drivers (token number -> value;
-            unlisted tokens read as 0, and every read is reported).
+            unlisted tokens read as 0, and every read is reported). A value may name a
+            platform object whose SMRAM address the token holds: ``"CpuHotPlugData"`` or
+            ``"CpuHotEjectData"`` (what PiSmmCpuDxeSmm publishes; see ``platform_data``).
         firmware: a firmware volume or flash image (``.fd``) whose MM drivers are loaded
             and dispatched in dependency order at start-up (see ``firmware_report``).
         mode: ``"standalone"`` (default: requests on a copy in SMRAM, only the comm
@@ -129,6 +137,8 @@ class Machine:
             or ``"traditional"`` (edk2's PiSmmCore: requests handled in the comm buffer
             itself and all DRAM mapped NX, as traditional SMM drivers expect; the
             default when ``firmware`` is given).
+        possible_cpus: CPU slots of the platform (default ``cpus``): the length of
+            CPU_HOT_PLUG_DATA, for OVMF's CpuHotplugSmm.
         stubs: protocols to install before any driver loads, each a table of
             functions that return a declared status (:class:`StubProtocol`); for the
             protocols a driver needs that smmemu does not model.
@@ -144,9 +154,9 @@ class Machine:
     def __init__(self, profile: str = "q35", image: str | Path | None = None, *,
                  cpus: int = 1, budget: float = 2.0, trigger_order: str = "patina",
                  virtual_clock: bool = False, virtual_budget: float | None = None,
-                 pcd: dict[int, int] | None = None,
+                 pcd: dict[int, int | str] | None = None,
                  firmware: str | Path | bytes | None = None, mode: str | None = None,
-                 stubs: Iterable[StubProtocol] = ()) -> None:
+                 stubs: Iterable[StubProtocol] = (), possible_cpus: int | None = None) -> None:
         self.profile: Profile = get_profile(profile)
         if not budget > 0:
             raise ConfigError(f"budget must be positive, got {budget!r}", field="budget",
@@ -165,6 +175,11 @@ class Machine:
         self.budget = budget
         self._pcd = dict(pcd or {})
         self._stubs = tuple(stubs)
+        self.possible_cpus = cpus if possible_cpus is None else possible_cpus
+        """CPUs the platform could have (hot-plug slots); ``cpus`` of them are present."""
+        if not cpus <= self.possible_cpus <= max_cpus:
+            raise ConfigError(f"possible_cpus must be between cpus ({cpus}) and {max_cpus}, "
+                              f"got {possible_cpus}", field="possible_cpus", value=possible_cpus)
         if virtual_budget is not None and not virtual_budget > 0:
             raise ConfigError(f"virtual_budget must be positive, got {virtual_budget!r}",
                               field="virtual_budget", value=virtual_budget)
@@ -274,14 +289,22 @@ class Machine:
         runtime += [(status, status + 0x1000) for _, _, _, status in _COMM_BUFFERS]
         self.dxe_services = DxeServices(self.services, build_memory_map(
             self.profile.dram_size, (self.profile.tseg_base, self.profile.tseg_size), runtime))
+        smbases = [cpu.smbase for cpu in self._cpus]
+        self.platform_data = {
+            "CpuHotPlugData": build_hot_plug_data(self.services, smbases, self.possible_cpus),
+            "CpuHotEjectData": build_hot_eject_data(self.services, self.possible_cpus),
+        }
         self.pcd = install_platform_protocols(
-            self.dxe_services, (self.profile.tseg_base, self.profile.tseg_size), self._pcd)
+            self.dxe_services, (self.profile.tseg_base, self.profile.tseg_size),
+            self._resolve_pcd())
         self.sw_dispatch = SwDispatch2(self.services,
                                        lambda: (self.apm.apm_cnt, self.apm.apm_sts))
         mm_cpu = MmCpuProtocol(self.services, self.profile,
                                lambda: [cpu.smbase for cpu in self._cpus])
+        cpu_service = CpuServiceProtocol(self.services, len(self._cpus))
         for guid, interface in ((SW_DISPATCH2_GUID, self.sw_dispatch.interface),
-                                (MM_CPU_GUID, mm_cpu.interface)):
+                                (MM_CPU_GUID, mm_cpu.interface),
+                                (CPU_SERVICE_GUID, cpu_service.interface)):
             self.services.db.install(self.services.pool(16), guid, interface)
         self.drivers = DriverManager(self.services, self.dxe_services)
         self.stubs: list[StubProtocol] = []
@@ -298,6 +321,20 @@ class Machine:
         self._append_handler(self.drivers.dispatch_handler, MM_DISPATCH_GUID)
         for event, protocol in _EVENT_PROTOCOLS.items():
             self._wrap_event_handler(event, protocol)
+
+    def _resolve_pcd(self) -> dict[int, int]:
+        """PCD overrides with named platform objects replaced by their SMRAM addresses."""
+        out: dict[int, int] = {}
+        for token, value in self._pcd.items():
+            if isinstance(value, str):
+                if value not in self.platform_data:
+                    raise ConfigError(f"PCD token {token}: unknown platform object {value!r} "
+                                      f"(one of {', '.join(sorted(self.platform_data))})",
+                                      field="pcd", value=value)
+                out[token] = self.platform_data[value]
+            else:
+                out[token] = value
+        return out
 
     def _wrap_event_handler(self, event: uuid.UUID, protocol: uuid.UUID) -> None:
         """After the MM core's own handler for ``event``, install the SMM ``protocol``.

@@ -64,10 +64,13 @@ def test_firmware_report_lists_every_smm_driver_with_its_fate(ovmf: Machine) -> 
         "PiSmmCore": "skipped", "PiSmmCpuDxeSmm": "skipped",
         "CpuIo2Smm": "dispatched", "SmmLockBox": "dispatched",
         "FvbServicesSmm": "failed", "VariableSmm": "failed",
-        "SmmFaultTolerantWriteDxe": "blocked", "CpuHotplugSmm": "blocked",
+        "SmmFaultTolerantWriteDxe": "blocked", "CpuHotplugSmm": "dispatched",
     }
     for name in ("CpuIo2Smm", "SmmLockBox"):
         assert report.by_name(name).status == EfiStatus.SUCCESS
+    # Without "SMRAM at default SMBASE" (PcdQ35SmramAtDefaultSmbase FALSE) CpuHotplugSmm
+    # refuses to run, as on a QEMU machine type older than 5.0.
+    assert report.by_name("CpuHotplugSmm").status == EfiStatus.UNSUPPORTED
 
 
 def test_drivers_that_touch_flash_fail_with_a_reported_fault_not_a_crash(ovmf: Machine) -> None:
@@ -78,7 +81,8 @@ def test_drivers_that_touch_flash_fail_with_a_reported_fault_not_a_crash(ovmf: M
         reason = report.by_name(name).reason
         assert reason.startswith(f"#PF at {name}+0x")
         assert "accessing 0xffc00000" in reason
-    assert "dependency expression never TRUE" in report.by_name("CpuHotplugSmm").reason
+    blocked = report.by_name("SmmFaultTolerantWriteDxe").reason
+    assert "gEfiSmmFirmwareVolumeBlockProtocolGuid" in blocked  # FvbServicesSmm faulted
 
 
 def test_cpu_io2_smm_installs_its_protocol(ovmf: Machine) -> None:

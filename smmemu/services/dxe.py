@@ -51,6 +51,9 @@ _RUNTIME_SERVICES = (
     "GetNextHighMonotonicCount", "ResetSystem", "UpdateCapsule", "QueryCapsuleCapabilities",
     "QueryVariableInfo",
 )
+_ALLOCATE_MAX_ADDRESS = 1
+_LOW_BASE, _LOW_LIMIT = 0x8_0000, 0x10_0000
+"""DXE pages below 1 MiB come from [0x80000, 0xA0000), top down (conventional memory)."""
 _BS_SIGNATURE = 0x5652_4553_544F_4F42  # 'BOOTSERV'
 _RT_SIGNATURE = 0x5652_4553_544E_5552  # 'RUNTSERV'
 _ST_SIGNATURE = 0x5453_5953_2049_4249  # 'IBI SYST'
@@ -64,6 +67,7 @@ class DxeServices:
         self.memory_map = DxeMemoryMap(mm, memory_map)
         self.db = ProtocolDatabase()
         self.events = 0
+        self._low_next = 0xA_0000
         mem = mm.memory
         implemented = {
             "RaiseTPL": self._raise_tpl, "RestoreTPL": self._nothing,
@@ -145,10 +149,31 @@ class DxeServices:
         return self.mm._free_pool(cpu)
 
     def _allocate_pages(self, cpu: Cpu) -> int:
-        return self.mm._allocate_pages(cpu)
+        """AllocatePages: SMRAM heap, except AllocateMaxAddress below 1 MiB (DXE low memory).
+
+        Drivers ask for memory below 1 MiB for real-mode code other CPUs run outside SMM
+        (OVMF's CpuHotplugSmm puts its post-SMM pen there), so it must not be SMRAM.
+        """
+        kind, pages, out = cpu.argument(0), cpu.argument(2), cpu.argument(3)
+        if kind != _ALLOCATE_MAX_ADDRESS or out == 0 or self.mm.memory.u64(out) >= _LOW_LIMIT:
+            return self.mm._allocate_pages(cpu)
+        limit = self.mm.memory.u64(out)
+        address = self._low_next - pages * 0x1000
+        if pages == 0 or address < _LOW_BASE or address + pages * 0x1000 - 1 > limit:
+            return EfiStatus.OUT_OF_RESOURCES
+        self._low_next = address
+        self.mm.memory.put_u64(out, address)
+        return EfiStatus.SUCCESS
 
     def _free_pages(self, cpu: Cpu) -> int:
-        return self.mm._free_pages(cpu)
+        address, pages = cpu.argument(0), cpu.argument(1)
+        if not _LOW_BASE <= address < _LOW_LIMIT:
+            return self.mm._free_pages(cpu)
+        if address < self._low_next or address % 0x1000:
+            return EfiStatus.NOT_FOUND
+        if address == self._low_next:  # the most recent allocation: give it back
+            self._low_next = address + pages * 0x1000
+        return EfiStatus.SUCCESS
 
     def _create_event(self, cpu: Cpu) -> int:
         out = cpu.argument(4)

@@ -55,6 +55,10 @@ class PcdRead:
     guid: uuid.UUID | None
     value: int
     overridden: bool
+    caller: int = 0
+    """Return address of the PCD protocol call (name it with ``Machine.symbolize``)."""
+    kind: str = ""
+    """The accessor: ``8``, ``16``, ``32``, ``64``, ``Bool`` or ``Ptr``."""
 
 
 @dataclass(slots=True)
@@ -104,14 +108,15 @@ class PcdProtocols:
             if pointer is None:
                 pointer = self.dxe.mm.pool(256)
                 self._pointers[token] = pointer
-            self.reads.append(PcdRead(token, guid, pointer, overridden))
+            self.reads.append(PcdRead(token, guid, pointer, overridden, self.dxe.mm.caller,
+                                      kind))
             return pointer
         if kind == "Size":
             return 256 if token in self._pointers else 8
         value = self.overrides.get(token, 0)
         width = _WIDTHS.get(kind, 8)
         value &= (1 << (8 * width)) - 1
-        self.reads.append(PcdRead(token, guid, value, overridden))
+        self.reads.append(PcdRead(token, guid, value, overridden, self.dxe.mm.caller, kind))
         return value
 
 
