@@ -45,14 +45,16 @@ def smbase_of(image: MmCoreImage, cpu: int) -> int:
 
 def install_core(image: MmCoreImage, memory: PhysicalMemory, profile: Profile,
                  comm_buffers: Sequence[tuple[int, int, int, int]], cpus: int, *,
-                 traditional: bool = False) -> None:
+                 traditional: bool = False, mmio: tuple[int, int] = (0, 0)) -> None:
     """Copy the image into TSEG and write its boot information.
 
     ``traditional`` selects edk2's PiSmmCore behaviour for traditional SMM drivers:
     requests handled in the comm buffer itself, and all DRAM mapped (NX) in SMM.
+    ``mmio`` is a 2 MiB-aligned [start, end) window (the platform flash) the core maps
+    uncached and NX; (0, 0) maps none.
     """
     memory.write(image.load_address, image.blob, smm=True)
-    boot = bytearray(0x70)
+    boot = bytearray(0x80)
     boot[0:8] = _BOOT_INFO_SIGNATURE
     struct.pack_into("<II", boot, 8, 1, len(comm_buffers))
     for index, address, pages, status in comm_buffers:
@@ -60,6 +62,7 @@ def install_core(image: MmCoreImage, memory: PhysicalMemory, profile: Profile,
         boot[0x10 + index * 0x18:0x28 + index * 0x18] = record.to_bytes()
     struct.pack_into("<QQQQQQ", boot, 0x40, profile.tseg_base, profile.tseg_size,
                      profile.pmbase, cpus, int(traditional), int(traditional))
+    struct.pack_into("<QQ", boot, 0x70, *mmio)
     memory.write(image.constants["BOOT_INFO"], bytes(boot), smm=True)
 
 

@@ -30,6 +30,7 @@ from smmemu.boot import (
 )
 from smmemu.chipset.bus import PortBus
 from smmemu.chipset.debugport import DEBUG_PORT, DebugPort
+from smmemu.chipset.flash import FlashWindow, build_flash
 from smmemu.chipset.ich9 import PM_BLOCK_SIZE, ApmPorts, Ich9PmBlock, SmiTimers
 from smmemu.chipset.pci import (
     ECAM_BASE,
@@ -96,6 +97,21 @@ SETTABLE_REGISTERS = frozenset({
 })
 
 
+def _read_source(source: str | Path | bytes, what: str) -> bytes:
+    """Bytes given directly, or read from a path.
+
+    Raises:
+        ImageError: the file cannot be read.
+    """
+    if isinstance(source, bytes):
+        return source
+    path = Path(source)
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ImageError(f"cannot read {what} {path}: {err.strerror}", path=str(path)) from err
+
+
 def _why_no_return(result: CommResult) -> str:
     """Why a driver's entry point did not return, from the dispatch MMI's outcome."""
     fault = result.fault
@@ -137,6 +153,10 @@ class Machine:
             or ``"traditional"`` (edk2's PiSmmCore: requests handled in the comm buffer
             itself and all DRAM mapped NX, as traditional SMM drivers expect; the
             default when ``firmware`` is given).
+        varstore: the variable store flash image (OVMF_VARS) mapped as QEMU's pflash1
+            directly below ``firmware``, which becomes pflash0 ending at 4 GiB (q35).
+            Without it only the code flash is mapped. Programs and erases change a
+            copy: read it back with :attr:`varstore`.
         possible_cpus: CPU slots of the platform (default ``cpus``): the length of
             CPU_HOT_PLUG_DATA, for OVMF's CpuHotplugSmm.
         stubs: protocols to install before any driver loads, each a table of
@@ -156,7 +176,8 @@ class Machine:
                  virtual_clock: bool = False, virtual_budget: float | None = None,
                  pcd: dict[int, int | str] | None = None,
                  firmware: str | Path | bytes | None = None, mode: str | None = None,
-                 stubs: Iterable[StubProtocol] = (), possible_cpus: int | None = None) -> None:
+                 stubs: Iterable[StubProtocol] = (), possible_cpus: int | None = None,
+                 varstore: str | Path | bytes | None = None) -> None:
         self.profile: Profile = get_profile(profile)
         if not budget > 0:
             raise ConfigError(f"budget must be positive, got {budget!r}", field="budget",
@@ -213,16 +234,23 @@ class Machine:
         ]
         self._scheduler = Scheduler(self._cpus, self._tick, lambda: self.clock_ns,
                                     self.virtual_budget_ns)
+        firmware_data = None if firmware is None else _read_source(firmware, "firmware")
+        self.flash = self._build_flash(firmware_data, varstore)
         for cpu in self._cpus:
             cpu.engine.map_mmio(ECAM_BASE, ECAM_SIZE, self.pci.ecam_read, self.pci.ecam_write)
+            if self.flash is not None:
+                cpu.engine.map_mmio(self.flash.base, self.flash.size, self.flash.read,
+                                    self.flash.write)
             cpu.watch_msr_sites(self.image.msr_sites)
         self.mode = mode if mode is not None else ("traditional" if firmware is not None
                                                    else "standalone")
         if self.mode not in ("standalone", "traditional"):
             raise ConfigError(f"unknown MM core mode {self.mode!r} (standalone or traditional)",
                               field="mode", value=self.mode)
+        window = (0, 0) if self.flash is None else (self.flash.base, self.flash.base
+                                                     + self.flash.size)
         install_core(self.image, self._memory, p, _COMM_BUFFERS, cpus,
-                     traditional=self.mode == "traditional")
+                     traditional=self.mode == "traditional", mmio=window)
         self._invalidate(p.tseg_base, p.tseg_base + p.tseg_size)
         install_entry_stubs(self.image, self._memory, cpus)
         self._dxe = DxePlatform(self._memory, p.pmbase)
@@ -240,8 +268,8 @@ class Machine:
         """
         self._boot()
         self.firmware_report: FirmwareReport | None = None
-        if firmware is not None:
-            self.firmware_report = self.load_firmware(firmware)
+        if firmware_data is not None:
+            self.firmware_report = self.load_firmware(firmware_data)
 
     # -- construction -----------------------------------------------------------
     def _check_image_fits(self) -> None:
@@ -254,6 +282,36 @@ class Machine:
         if image.load_address < last_tile or image.end > p.tseg_base + p.tseg_size:
             raise ImageError(f"{image.path} at {image.load_address:#x} overlaps the SMBASE "
                              f"tiles or leaves TSEG", path=str(image.path))
+
+    def _build_flash(self, firmware: bytes | None,
+                     varstore: str | Path | bytes | None) -> FlashWindow | None:
+        """pflash0/pflash1 below 4 GiB, as QEMU maps OVMF_CODE and OVMF_VARS (q35 only)."""
+        if varstore is not None and firmware is None:
+            raise ConfigError("a varstore needs firmware= (the code flash it sits below)",
+                              field="varstore", value=str(varstore)[:64])
+        if firmware is None:
+            return None
+        if self.profile.name != "q35":
+            if varstore is not None:
+                raise ConfigError(f"profile {self.profile.name} has no pflash model; the "
+                                  "varstore needs q35", field="varstore", value=self.profile.name)
+            return None
+        vars_data = None if varstore is None else _read_source(varstore, "varstore")
+        try:
+            return build_flash(firmware, vars_data)
+        except ConfigError:
+            if vars_data is not None:
+                raise
+            log.info("firmware image of %#x bytes is not a flash image; no flash mapped",
+                     len(firmware))
+            return None
+
+    @property
+    def varstore(self) -> bytes | None:
+        """The variable store flash (pflash1) as it is now, or None without one."""
+        writable = [] if self.flash is None else [d for d in self.flash.devices
+                                                  if not d.read_only]
+        return writable[0].contents if writable else None
 
     def _boot(self) -> None:
         for cpu in self._cpus:

@@ -19,6 +19,7 @@ from smmemu.uefi.guids import END_OF_DXE_GUID, MM_READY_TO_LOCK_GUID
 from smmemu.uefi.status import EfiStatus
 
 OVMF = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 pytestmark = pytest.mark.skipif(not OVMF.exists(), reason=f"{OVMF} not installed (apt ovmf)")
 
 LOCKBOX_GUID = uuid.UUID("2a3cfebd-27e8-4d0a-8b79-d688c2a3e1c0")  # gEfiSmmLockBoxCommunicationGuid
@@ -58,31 +59,58 @@ def ovmf() -> Machine:
 def test_firmware_report_lists_every_smm_driver_with_its_fate(ovmf: Machine) -> None:
     report = ovmf.firmware_report
     assert report is not None
-    states = {entry.name: entry.state for entry in report.entries}
+    states = {entry.name: (entry.state, entry.status) for entry in report.entries}
 
     assert states == {
-        "PiSmmCore": "skipped", "PiSmmCpuDxeSmm": "skipped",
-        "CpuIo2Smm": "dispatched", "SmmLockBox": "dispatched",
-        "FvbServicesSmm": "failed", "VariableSmm": "failed",
-        "SmmFaultTolerantWriteDxe": "blocked", "CpuHotplugSmm": "dispatched",
+        "PiSmmCore": ("skipped", None), "PiSmmCpuDxeSmm": ("skipped", None),
+        "CpuIo2Smm": ("dispatched", EfiStatus.SUCCESS),
+        "SmmLockBox": ("dispatched", EfiStatus.SUCCESS),
+        "VariableSmm": ("dispatched", EfiStatus.SUCCESS),
+        # Without a variable store flash the window reads as all-ones: QemuFlashDetected
+        # sees ROM and the FVB driver refuses, so FTW's depex is never satisfied.
+        "FvbServicesSmm": ("dispatched", EfiStatus.WRITE_PROTECTED),
+        "SmmFaultTolerantWriteDxe": ("blocked", None),
+        # Without "SMRAM at default SMBASE" (PcdQ35SmramAtDefaultSmbase FALSE) CpuHotplugSmm
+        # refuses to run, as on a QEMU machine type older than 5.0.
+        "CpuHotplugSmm": ("dispatched", EfiStatus.UNSUPPORTED),
     }
-    for name in ("CpuIo2Smm", "SmmLockBox"):
-        assert report.by_name(name).status == EfiStatus.SUCCESS
-    # Without "SMRAM at default SMBASE" (PcdQ35SmramAtDefaultSmbase FALSE) CpuHotplugSmm
-    # refuses to run, as on a QEMU machine type older than 5.0.
-    assert report.by_name("CpuHotplugSmm").status == EfiStatus.UNSUPPORTED
+    blocked = report.by_name("SmmFaultTolerantWriteDxe").reason
+    assert "gEfiSmmFirmwareVolumeBlockProtocolGuid" in blocked
 
 
-def test_drivers_that_touch_flash_fail_with_a_reported_fault_not_a_crash(ovmf: Machine) -> None:
-    report = ovmf.firmware_report
+@pytest.mark.skipif(not VARS.exists(), reason=f"{VARS} not installed (apt ovmf)")
+def test_with_a_variable_store_flash_every_driver_runs_its_entry_point() -> None:
+    machine = Machine(firmware=OVMF, varstore=VARS)
+    report = machine.firmware_report
     assert report is not None
 
+    statuses = {entry.name: entry.status for entry in report.entries
+                if entry.state != "skipped"}
+
+    assert statuses == {
+        "CpuIo2Smm": EfiStatus.SUCCESS, "SmmLockBox": EfiStatus.SUCCESS,
+        "FvbServicesSmm": EfiStatus.SUCCESS, "SmmFaultTolerantWriteDxe": EfiStatus.SUCCESS,
+        "VariableSmm": EfiStatus.SUCCESS, "CpuHotplugSmm": EfiStatus.UNSUPPORTED,
+    }
+    varstore = machine.varstore
+    assert varstore is not None
+    assert len(varstore) == VARS.stat().st_size
+    assert varstore[:0x48] == VARS.read_bytes()[:0x48]  # the FV header stays intact
+
+
+def test_fault_in_a_driver_entry_point_is_reported_not_a_crash() -> None:
+    # An image whose size is no whole number of flash blocks gets no flash window, so
+    # 0xFFC00000 is unmapped in SMM: FvbServicesSmm's first read there faults.
+    machine = Machine(firmware=OVMF.read_bytes() + b"\0")
+    report = machine.firmware_report
+    assert report is not None
+    assert machine.flash is None
+
     for name in ("FvbServicesSmm", "VariableSmm"):
-        reason = report.by_name(name).reason
-        assert reason.startswith(f"#PF at {name}+0x")
-        assert "accessing 0xffc00000" in reason
-    blocked = report.by_name("SmmFaultTolerantWriteDxe").reason
-    assert "gEfiSmmFirmwareVolumeBlockProtocolGuid" in blocked  # FvbServicesSmm faulted
+        entry = report.by_name(name)
+        assert entry.state == "failed"
+        assert entry.reason.startswith(f"#PF at {name}+0x")
+        assert "accessing 0xffc00000 (the flash device" in entry.reason
 
 
 def test_cpu_io2_smm_installs_its_protocol(ovmf: Machine) -> None:

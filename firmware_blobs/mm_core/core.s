@@ -112,6 +112,25 @@ core_init_dram_next:
     cmp rcx, TSEG_BASE
     jb core_init_dram
 core_init_dram_done:
+    # The platform flash window [BI_MAP_MMIO, BI_MAP_MMIO_END), when the host models
+    # one: present, writable, uncached (PCD), NX 2 MiB pages, as PiSmmCpuDxeSmm maps
+    # the flash MMIO that FVB and variable drivers read and program.
+    mov rax, BOOT_INFO
+    mov rcx, qword ptr [rax + BI_MAP_MMIO]
+    mov rsi, qword ptr [rax + BI_MAP_MMIO_END]
+    mov rbx, PD0
+core_init_mmio:
+    cmp rcx, rsi
+    jae core_init_mmio_done
+    mov rdx, rcx
+    shr rdx, 0x15
+    mov rax, rcx
+    or rax, 0x93
+    bts rax, 0x3f
+    mov qword ptr [rbx + rdx*8], rax
+    add rcx, 0x200000
+    jmp core_init_mmio
+core_init_mmio_done:
     mov rax, PML4
     mov cr3, rax
     call init_idt

@@ -56,6 +56,10 @@
 # Non-zero: map all DRAM below TSEG (NX) in the SMM page tables, as edk2 does
 # before ready-to-lock, instead of only the comm buffers.
 .equ BI_MAP_DRAM,      0x68
+# [BI_MAP_MMIO, BI_MAP_MMIO_END): a 2 MiB-aligned MMIO window below 4 GiB (the platform
+# flash) to map uncached and NX in SMM; equal values map nothing.
+.equ BI_MAP_MMIO,      0x70
+.equ BI_MAP_MMIO_END,  0x78
 .equ RELOC_MAILBOX,    0x07840080
 .equ RELOC_FIELD,      0x07840084
 .equ RELOC_DONE,       0x07840088

@@ -6,6 +6,8 @@
   RegionState = CLOSED | CACHEABLE}; Open, Close and Lock succeed.
 * ``EFI_DEVICE_PATH_UTILITIES_PROTOCOL`` (0379be4e-...): DevicePathLib's
   constructor only needs it to exist; its functions report if called.
+* ``EFI_RUNTIME_ARCH_PROTOCOL`` (b7dfb4e1-...; PI Vol. 2): empty lists, for
+  depexes (SmmFaultTolerantWriteDxe's) that name it.
 * The PCD protocols: edk2's ``PCD_PROTOCOL`` (11b34006-...) and PI's
   ``EFI_PCD_PROTOCOL`` (13a3f0f6-...). Dynamic PCD token numbers are assigned
   by each firmware build, so smmemu cannot know what a token means: every
@@ -24,9 +26,11 @@ from smmemu.cpu import Cpu
 from smmemu.services.dxe import DxeServices
 from smmemu.uefi.status import EfiStatus
 
-__all__ = ["DEVICE_PATH_UTILITIES_GUID", "PCD_GUID", "PI_PCD_GUID", "SMM_ACCESS2_GUID",
+__all__ = ["DEVICE_PATH_UTILITIES_GUID", "PCD_GUID", "PI_PCD_GUID", "RUNTIME_ARCH_GUID",
+           "SMM_ACCESS2_GUID",
            "PcdProtocols", "PcdRead", "install_platform_protocols"]
 
+RUNTIME_ARCH_GUID = uuid.UUID("b7dfb4e1-052f-449f-87be-9818fc91b733")
 SMM_ACCESS2_GUID = uuid.UUID("c2702b74-800c-4131-8746-8fb5b89ce4ac")
 DEVICE_PATH_UTILITIES_GUID = uuid.UUID("0379be4e-d706-437d-b037-edb82fb772a4")
 PCD_GUID = uuid.UUID("11b34006-d85b-4d0a-a290-d5a571310ef7")
@@ -122,7 +126,7 @@ class PcdProtocols:
 
 def install_platform_protocols(dxe: DxeServices, tseg: tuple[int, int],
                                pcd_overrides: dict[int, int]) -> PcdProtocols:
-    """Install SMM_ACCESS2, DEVICE_PATH_UTILITIES and the PCD protocols in the DXE database."""
+    """Install SMM_ACCESS2, DEVICE_PATH_UTILITIES, RUNTIME_ARCH and the PCD protocols (DXE)."""
     mm = dxe.mm
     base, size = tseg
 
@@ -156,6 +160,14 @@ def install_platform_protocols(dxe: DxeServices, tseg: tuple[int, int],
 
         mm.memory.put_u64(utilities + 8 * index, mm.thunks.add(label, unsupported))
     dxe.db.install(mm.pool(16), DEVICE_PATH_UTILITIES_GUID, utilities)
+
+    # EFI_RUNTIME_ARCH_PROTOCOL (PI Vol. 2, 12.8): every DXE has it before SMM drivers run,
+    # and SMM drivers with runtime parts name it in their depex. Empty image and event
+    # lists (heads pointing at themselves), no memory map, not yet at runtime.
+    runtime = mm.pool(0x48)
+    mm.memory.write(runtime, struct.pack("<QQQQQI4xQQQBB6x", runtime, runtime, runtime + 16,
+                                         runtime + 16, 48, 1, 0, 0, 0, 0, 0))
+    dxe.db.install(mm.pool(16), RUNTIME_ARCH_GUID, runtime)
 
     pcd = PcdProtocols(dxe, pcd_overrides)
     pcd.install()

@@ -15,15 +15,19 @@ _MAX_BIT = 1 << 63
 
 
 class EfiStatus(enum.IntEnum):
-    """The EFI_STATUS codes MM communication uses."""
+    """The EFI_STATUS codes MM communication and the emulated services use (UEFI 2.10 App. D)."""
 
     SUCCESS = 0
+    LOAD_ERROR = _MAX_BIT | 1
     INVALID_PARAMETER = _MAX_BIT | 2
     UNSUPPORTED = _MAX_BIT | 3
     BAD_BUFFER_SIZE = _MAX_BIT | 4
     BUFFER_TOO_SMALL = _MAX_BIT | 5
+    NOT_READY = _MAX_BIT | 6
     DEVICE_ERROR = _MAX_BIT | 7
+    WRITE_PROTECTED = _MAX_BIT | 8
     OUT_OF_RESOURCES = _MAX_BIT | 9
+    VOLUME_FULL = _MAX_BIT | 11
     NOT_FOUND = _MAX_BIT | 14
     ACCESS_DENIED = _MAX_BIT | 15
     ABORTED = _MAX_BIT | 21
