@@ -29,6 +29,7 @@ from smmemu.boot import (
     smbase_of,
 )
 from smmemu.chipset.bus import PortBus
+from smmemu.chipset.cpuhp import CPU_HOTPLUG_BASE, LEGACY_BITMAP_SIZE, CpuHotplugBlock
 from smmemu.chipset.debugport import DEBUG_PORT, DebugPort
 from smmemu.chipset.flash import FlashWindow, build_flash
 from smmemu.chipset.ich9 import PM_BLOCK_SIZE, ApmPorts, Ich9PmBlock, SmiTimers
@@ -225,6 +226,12 @@ class Machine:
         self.ports.attach(0xB2, 2, self.apm, "ICH9 APM (APM_CNT, APM_STS)")
         self.ports.attach(p.pmbase, PM_BLOCK_SIZE, self.pm, _PM_NAME)
         self.ports.attach(0xCF8, 8, ConfigAddressPorts(self.pci), "PCI CONFIG_ADDRESS/DATA")
+        self.cpu_hotplug: CpuHotplugBlock | None = None
+        """QEMU's CPU hotplug register block at 0xCD8 (q35 only)."""
+        if p.name == "q35":
+            self.cpu_hotplug = CpuHotplugBlock(self.possible_cpus, cpus)
+            self.ports.attach(CPU_HOTPLUG_BASE, LEGACY_BITMAP_SIZE, self.cpu_hotplug,
+                              "QEMU CPU hotplug (ICH9)")
         self.debug_port = DebugPort()
         self.ports.attach(DEBUG_PORT, 1, self.debug_port, "QEMU debug console")
         self._cpus = [

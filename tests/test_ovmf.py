@@ -187,3 +187,58 @@ def test_lockbox_refuses_a_save_source_inside_smram(ovmf: Machine) -> None:
     result = ovmf.communicate(LOCKBOX_GUID, save(BOX, tseg + 0x1000, 16))
 
     assert return_status(result.data) == EfiStatus.ACCESS_DENIED
+
+
+def _hotplug_pcd_tokens() -> dict[int, int | str]:
+    """This build's token numbers of CpuHotplugSmm's dynamic PCDs, found from its reads.
+
+    Token numbers are assigned per firmware build. CpuHotplugEntry reads, in order,
+    PcdQ35SmramAtDefaultSmbase (Bool), then PcdCpuHotPlugDataAddress and
+    PcdCpuHotEjectDataAddress (64-bit) once the first is TRUE.
+    """
+    def reads(pcd: dict[int, int | str]) -> list[tuple[int, str]]:
+        machine = Machine(firmware=OVMF, pcd=pcd, possible_cpus=2)
+        return [(r.token, r.kind) for r in machine.pcd.reads
+                if (machine.symbolize(r.caller) or "").startswith("CpuHotplugSmm+")]
+
+    [smram_at_default_smbase] = [token for token, kind in reads({}) if kind == "Bool"]
+    enabled: dict[int, int | str] = {smram_at_default_smbase: 1}
+    hot_plug, hot_eject = [token for token, kind in reads(enabled) if kind == "64"]
+    return {**enabled, hot_plug: "CpuHotPlugData", hot_eject: "CpuHotEjectData"}
+
+
+@pytest.fixture(scope="module")
+def hotplug_pcd() -> dict[int, int | str]:
+    return _hotplug_pcd_tokens()
+
+
+def test_cpu_hotplug_smm_root_handler_runs_on_apm_cnt_04(
+        hotplug_pcd: dict[int, int | str]) -> None:
+    machine = Machine(firmware=OVMF, pcd=hotplug_pcd, possible_cpus=2)
+    report = machine.firmware_report
+    assert report is not None
+    assert report.by_name("CpuHotplugSmm").status == EfiStatus.SUCCESS
+    roots = [address for guid, address in machine.handler_table() if guid is None]
+    assert any((machine.symbolize(a) or "").startswith("CpuHotplugSmm+") for a in roots)
+    block = machine.cpu_hotplug
+    assert block is not None
+    assert block.modern  # the entry point's probe switched QEMU's block to modern mode
+
+    before = len(block.events)
+    assert machine.software_smi(0x04).stop is StopReason.HALTED
+    scan = block.events[before:]
+    after_other = len(block.events)
+    assert machine.software_smi(0x05).stop is StopReason.HALTED
+
+    # QEMU_CPUHP_CMD_GET_PENDING (command register, offset 5) starts the scan for events.
+    assert any(a.is_write and a.offset == 5 and a.value == 0 for a in scan)
+    assert len(block.events) == after_other  # another APM value is not a hotplug MMI
+
+
+def test_cpu_hotplug_smm_refuses_a_single_cpu_platform(
+        hotplug_pcd: dict[int, int | str]) -> None:
+    machine = Machine(firmware=OVMF, pcd=hotplug_pcd)  # possible_cpus defaults to cpus (1)
+    report = machine.firmware_report
+    assert report is not None
+
+    assert report.by_name("CpuHotplugSmm").status == EfiStatus.UNSUPPORTED

@@ -101,8 +101,34 @@ core_init:
 core_init_dram:
     mov rdx, rcx
     shr rdx, 0x15
-    cmp qword ptr [rbx + rdx*8], 0x0
-    jne core_init_dram_next
+    mov rax, qword ptr [rbx + rdx*8]
+    test rax, rax
+    jz core_init_dram_large
+    test al, 0x80
+    jnz core_init_dram_next
+    # A 4 KiB table already holds the comm buffers: fill its empty entries, except
+    # page 0, which stays unmapped (edk2's SMM NULL-pointer detection).
+    mov rdi, 0xffffffffff000
+    and rdi, rax
+    xor esi, esi
+    test rcx, rcx
+    jnz core_init_dram_pte
+    inc esi
+core_init_dram_pte:
+    cmp qword ptr [rdi + rsi*8], 0x0
+    jne core_init_dram_pte_next
+    mov rax, rsi
+    shl rax, 0xc
+    add rax, rcx
+    or rax, 0x3
+    bts rax, 0x3f
+    mov qword ptr [rdi + rsi*8], rax
+core_init_dram_pte_next:
+    inc esi
+    cmp esi, 0x200
+    jb core_init_dram_pte
+    jmp core_init_dram_next
+core_init_dram_large:
     mov rax, rcx
     or rax, 0x83
     bts rax, 0x3f
