@@ -269,3 +269,25 @@ def test_stripped_image_without_reloc_cannot_move() -> None:
 def test_misaligned_base() -> None:
     with pytest.raises(PeRelocationError, match="not aligned"):
         PeImage.parse(build_pe()).relocate(0x7F00_0800)
+
+
+def test_directories_are_read_by_rva_when_file_alignment_is_below_0x200() -> None:
+    # lld-link /filealign:32 (the C test drivers) places sections at file offsets that are
+    # not multiples of 0x200; the export and debug directories must still be found by RVA.
+    data = bytearray(build_pe())
+    struct.pack_into("<I", data, OPT_AT + 36, 0x20)  # FileAlignment
+    data_section = SECTION_TABLE + 40
+    moved = bytes(data[0x600:0x800])
+    struct.pack_into("<I", data, data_section + 20, 0x820)  # .data PointerToRawData
+    reloc_section = SECTION_TABLE + 80
+    reloc_raw = bytes(data[0x800:0xA00])
+    struct.pack_into("<I", data, reloc_section + 20, 0xA20)
+    data[0x600:0x800] = bytes(0x200)
+    data.extend(bytes(0xC20 - len(data)))
+    data[0x820:0xA20] = moved
+    data[0xA20:0xC20] = reloc_raw
+
+    image = PeImage.parse(bytes(data), "Aligned32")
+
+    assert image.debug == CodeView("RSDS", "/b/Test.pdb", 7, DEBUG_GUID)
+    assert image.exports == {"Helper": 0x1002, "ModuleEntry": 0x1000}

@@ -1,9 +1,11 @@
 """PE32+ x64 images as edk2 builds them: parsing, layout, relocation, page permissions.
 
-Header parsing, the section table, the export directory and the debug directory come from
-``pefile``. smmemu adds the policy on top: only x64 PE32+ images with an EFI subsystem,
-bounds checks with offsets in every message, and edk2's loading rules (PE/COFF spec,
-"Optional Header", "Section Table", ".reloc Section"; edk2 MdePkg BasePeCoffLib):
+Header parsing and the section table come from ``pefile``; the export and debug directories
+are read by RVA from the laid-out image (pefile's file-offset mapping misses them when
+FileAlignment is below 0x200, as with lld-link /filealign:32). smmemu adds the policy on
+top: only x64 PE32+ images with an EFI subsystem, bounds checks with offsets in every
+message, and edk2's loading rules (PE/COFF spec, "Optional Header", "Section Table",
+".reloc Section"; edk2 MdePkg BasePeCoffLib):
 
 - the image occupies SizeOfImage bytes, headers at RVA 0 and each section at its RVA;
   a section copies ``min(VirtualSize, SizeOfRawData)`` bytes (all of SizeOfRawData
@@ -211,11 +213,6 @@ class PeImage:
         for sec in sections:
             layout[sec.rva:sec.rva + sec.loaded_size] = sec.data[:sec.loaded_size]
         directories = list(opt.DATA_DIRECTORY)
-        try:
-            pe.parse_data_directories(directories=[_DIR_EXPORT, _DIR_DEBUG])
-        except Exception as err:
-            raise PeFormatError(f"{label}: malformed export or debug directory: {err}",
-                                path=name) from err
         return cls(
             name=name, machine=int(fh.Machine), subsystem=int(opt.Subsystem),
             image_base=int(opt.ImageBase), size_of_image=size,
@@ -224,7 +221,8 @@ class PeImage:
             entry_point_rva=int(opt.AddressOfEntryPoint),
             characteristics=int(fh.Characteristics), sections=sections,
             relocations=_relocations(layout, directories, label, name),
-            exports=_exports(pe), debug=_codeview(pe, bytes(layout), data),
+            exports=_exports(bytes(layout), directories),
+            debug=_codeview(bytes(layout), directories, data),
             versions=PeVersions(*(int(getattr(opt, f)) for f in (
                 "MajorLinkerVersion", "MinorLinkerVersion", "MajorOperatingSystemVersion",
                 "MinorOperatingSystemVersion", "MajorImageVersion", "MinorImageVersion",
@@ -432,23 +430,58 @@ def _relocations(layout: bytearray, directories: list[_Pe], label: str,
     return tuple(out)
 
 
-def _exports(pe: _Pe) -> dict[str, int]:
-    """Named exports (name -> RVA) from pefile's export directory."""
-    directory = getattr(pe, "DIRECTORY_ENTRY_EXPORT", None)
-    if directory is None:
+def _directory(directories: list[Any], index: int, layout: bytes) -> tuple[int, int]:
+    """(RVA, size) of data directory ``index``, or (0, 0) when absent or outside the image."""
+    if index >= len(directories):
+        return 0, 0
+    rva, size = int(directories[index].VirtualAddress), int(directories[index].Size)
+    if rva == 0 or size == 0 or rva + size > len(layout):
+        return 0, 0
+    return rva, size
+
+
+def _exports(layout: bytes, directories: list[Any]) -> dict[str, int]:
+    """Named exports (name -> RVA), read by RVA from the laid-out image.
+
+    IMAGE_EXPORT_DIRECTORY (PE/COFF 6.3): NumberOfNames at +0x18, AddressOfFunctions,
+    AddressOfNames and AddressOfNameOrdinals at +0x1C/+0x20/+0x24. Read from the layout,
+    not through pefile, whose RVA-to-file-offset mapping misses sections placed at file
+    offsets below 0x200 granularity (lld-link /filealign:32). Entries pointing outside
+    the image are skipped.
+    """
+    rva, size = _directory(directories, _DIR_EXPORT, layout)
+    if size < 0x28:
         return {}
-    return {bytes(sym.name).decode("ascii", "replace"): int(sym.address)
-            for sym in directory.symbols if sym.name}
-
-
-def _codeview(pe: _Pe, layout: bytes, data: bytes) -> CodeView | None:
-    """The first CodeView (RSDS or NB10) record named by the debug directory."""
-    for entry in getattr(pe, "DIRECTORY_ENTRY_DEBUG", []):
-        st = entry.struct
-        if st.Type != _DEBUG_TYPE_CODEVIEW:
+    count_functions, count_names, functions, names, ordinals = struct.unpack_from(
+        "<IIIII", layout, rva + 0x14)
+    out: dict[str, int] = {}
+    for index in range(min(count_names, 0x10000)):
+        name_at, ordinal_at = names + 4 * index, ordinals + 2 * index
+        if name_at + 4 > len(layout) or ordinal_at + 2 > len(layout):
+            break
+        (name_rva,) = struct.unpack_from("<I", layout, name_at)
+        (ordinal,) = struct.unpack_from("<H", layout, ordinal_at)
+        function_at = functions + 4 * ordinal
+        if ordinal >= count_functions or function_at + 4 > len(layout) or \
+                name_rva >= len(layout):
             continue
-        rva, size = int(st.AddressOfRawData), int(st.SizeOfData)
-        blob = layout[rva:rva + size] if rva else data[st.PointerToRawData:][:size]
+        (address,) = struct.unpack_from("<I", layout, function_at)
+        out[_c_string(layout[name_rva:name_rva + 256])] = address
+    return out
+
+
+def _codeview(layout: bytes, directories: list[Any], data: bytes) -> CodeView | None:
+    """The first CodeView (RSDS or NB10) record named by the debug directory.
+
+    IMAGE_DEBUG_DIRECTORY entries (PE/COFF 6.1.1) are 28 bytes: Type at +12, SizeOfData
+    +16, AddressOfRawData +20, PointerToRawData +24; read by RVA from the layout.
+    """
+    rva, size = _directory(directories, _DIR_DEBUG, layout)
+    for at in range(rva, rva + size - 27, 28):
+        kind, length, address, pointer = struct.unpack_from("<IIII", layout, at + 12)
+        if kind != _DEBUG_TYPE_CODEVIEW:
+            continue
+        blob = layout[address:address + length] if address else data[pointer:pointer + length]
         if blob[:4] == b"RSDS" and len(blob) >= 24:
             guid, (age,) = uuid.UUID(bytes_le=blob[4:20]), struct.unpack_from("<I", blob, 20)
             return CodeView("RSDS", _c_string(blob[24:]), age, guid)
