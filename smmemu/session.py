@@ -107,6 +107,11 @@ class MachineSpec:
     """Driver files loaded after the firmware, in order: (path, standalone)."""
     stubs: tuple[StubProtocol, ...] = ()
     """Stub protocols installed before any driver."""
+    varstore: Path | None = None
+    """The variable store flash image below the firmware's code flash."""
+    pcd: tuple[tuple[int, int | str], ...] = ()
+    """Dynamic PCD token values (token, number or platform object name)."""
+    possible_cpus: int | None = None
 
     def build(self) -> Machine:
         """A new Machine with these settings, its firmware dispatched and drivers loaded.
@@ -116,7 +121,9 @@ class MachineSpec:
             ImageError: an unusable MM core image, firmware image or driver.
         """
         options: dict[str, Any] = {"cpus": self.cpus, "trigger_order": self.order,
-                                   "firmware": self.firmware, "stubs": self.stubs}
+                                   "firmware": self.firmware, "stubs": self.stubs,
+                                   "varstore": self.varstore, "pcd": dict(self.pcd),
+                                   "possible_cpus": self.possible_cpus}
         if self.budget is not None:
             options["budget"] = self.budget
         machine = Machine(self.profile, self.image, **options)

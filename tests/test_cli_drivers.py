@@ -136,3 +136,24 @@ def test_stub_option_installs_a_protocol_and_reports_its_calls(
     assert drivers["findings"] == []  # installed, not yet called
     assert main(["info", "--stub", "not-a-guid"]) == 2
     assert "malformed GUID" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not OVMF.exists(), reason=f"{OVMF} not installed (apt ovmf)")
+def test_varstore_pcd_and_possible_cpus_reach_the_machine(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    varstore = OVMF.with_name("OVMF_VARS_4M.fd")
+    _, document = run_json(capsys, "info", "--firmware", str(OVMF), "--varstore",
+                           str(varstore), "--pcd", "26=1", "--possible-cpus", "2")
+
+    drivers = document["drivers"]
+    assert isinstance(drivers, dict)
+    states = {entry["name"]: entry["entry_status"] for entry in drivers["firmware"]}
+    assert states["VariableSmm"] == "0x0"  # the variable store flash is there
+    reads = [r for r in drivers["pcd_reads"] if r["token"] == 26]
+    assert reads
+    assert all(r["overridden"] and r["value"] == "0x1" for r in reads)
+
+
+def test_malformed_pcd_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--pcd", "26"]) == 2
+    assert "TOKEN=VALUE" in capsys.readouterr().err

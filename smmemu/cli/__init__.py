@@ -138,10 +138,13 @@ def machine_spec(args: argparse.Namespace, base: MachineSpec | None = None, *,
                  order: str | None = None) -> MachineSpec:
     """The Machine the global options ask for, over ``base`` (default settings when None)."""
     changes: dict[str, Any] = {name: getattr(args, name)
-                               for name in ("profile", "image", "budget", "cpus", "firmware")
+                               for name in ("profile", "image", "budget", "cpus", "firmware",
+                                            "varstore", "possible_cpus")
                                if getattr(args, name, None) is not None}
     if getattr(args, "drivers", None):
         changes["drivers"] = (base.drivers if base else ()) + tuple(args.drivers)
+    if getattr(args, "pcds", None):
+        changes["pcd"] = (base.pcd if base else ()) + tuple(args.pcds)
     if getattr(args, "stubs", None):
         changes["stubs"] = (base.stubs if base else ()) + tuple(args.stubs)
     if order is not None:

@@ -43,6 +43,23 @@ def _stub(text: str) -> StubProtocol:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _pcd(text: str) -> tuple[int, int | str]:
+    token, sep, value = text.partition("=")
+    try:
+        number = int(token, 0)
+    except ValueError:
+        number = -1
+    if not sep or number < 0:
+        raise argparse.ArgumentTypeError(f"expected TOKEN=VALUE with a token number: {text!r}")
+    try:
+        return number, int(value, 0)
+    except ValueError:
+        if value.isidentifier():
+            return number, value
+        raise argparse.ArgumentTypeError(f"PCD value {value!r} is neither a number nor a "
+                                         "platform object name") from None
+
+
 def add_options(group: argparse._ArgumentGroup, default: Callable[[object], object]) -> None:
     """Add the driver options to a global-options ``group``; ``default`` wraps each default.
 
@@ -57,6 +74,15 @@ def add_options(group: argparse._ArgumentGroup, default: Callable[[object], obje
                        help="load an MM_STANDALONE driver; repeatable")
     group.add_argument("--firmware", type=Path, metavar="FILE.fd", default=default(None),
                        help="dispatch every SMM/MM driver of a firmware volume or flash image")
+    group.add_argument("--varstore", type=Path, metavar="FILE.fd", default=default(None),
+                       help="variable store flash (OVMF_VARS) below the --firmware code flash; "
+                            "the file itself is never written")
+    group.add_argument("--pcd", type=_pcd, action="append", dest="pcds",
+                       metavar="TOKEN=VALUE", default=default(None),
+                       help="value of a dynamic PCD token (numbers, or CpuHotPlugData / "
+                            "CpuHotEjectData for those structures' addresses); repeatable")
+    group.add_argument("--possible-cpus", type=int, metavar="N", default=default(None),
+                       help="CPU slots of the platform (default --cpus), for CPU hot-plug")
     group.add_argument("--stub", type=_stub, action="append", dest="stubs",
                        metavar="GUID[:COUNT[:STATUS]]", default=default(None),
                        help="install a protocol of COUNT functions (default 16) that return "
@@ -65,8 +91,8 @@ def add_options(group: argparse._ArgumentGroup, default: Callable[[object], obje
 
 def wants_report(args: argparse.Namespace) -> bool:
     """Whether the user asked for drivers, so the output includes the load report."""
-    return bool(getattr(args, "firmware", None) or getattr(args, "drivers", None)
-                or getattr(args, "stubs", None))
+    return any(getattr(args, name, None)
+               for name in ("firmware", "drivers", "stubs", "pcds", "varstore"))
 
 
 def _where(machine: Machine, address: int) -> str:
@@ -84,7 +110,13 @@ def report_json(machine: Machine) -> dict[str, Any]:
             "entry_status": None if image.status is None else f"{image.status:#x}",
             "entry_status_name": None if image.status is None else status_name(image.status),
             "error": image.error,
+            "pdb": None if image.pe.debug is None else image.pe.debug.path,
+            "exports": {name: f"{rva:#x}" for name, rva in sorted(image.pe.exports.items())},
         } for image in machine.images],
+        "pcd_reads": [{
+            "token": read.token, "kind": read.kind, "value": f"{read.value:#x}",
+            "overridden": read.overridden, "caller": machine.symbolize(read.caller),
+        } for read in machine.pcd.reads],
         "firmware": None if firmware is None else [{
             "name": entry.name, "guid": str(entry.guid), "ffs_type": f"{entry.ffs_type:#04x}",
             "state": entry.state, "reason": entry.reason or None,
@@ -129,12 +161,20 @@ def report_lines(machine: Machine) -> list[str]:
                    else f"no return: {image.error}")
         lines.append(f"  {image.name:<26} {image.base:#010x}+{image.size:#x} {kind:<11} "
                      f"entry {outcome}")
+        if image.pe.debug is not None:
+            lines.append(f"  {'':<26} symbols: {image.pe.debug.path}")
     lines.append("MMI handlers:")
     for guid, address in machine.handler_table():
         label = "root" if guid is None else str(guid)
         known = None if guid is None else WELL_KNOWN.get(guid)
         suffix = f" ({known})" if known else ""
         lines.append(f"  {label:<36} -> {_where(machine, address)}{suffix}")
+    reads = machine.pcd.reads
+    lines.append("PCD reads:" + ("" if reads else " none"))
+    for read in reads:
+        source = "set" if read.overridden else "default"
+        lines.append(f"  token {read.token:<4} Get{read.kind:<5} = {read.value:#x} ({source}) "
+                     f"from {_where(machine, read.caller)}")
     unresolved = machine.services.unresolved
     lines.append("unresolved protocol requests:" + ("" if unresolved else " none"))
     for request in unresolved:
