@@ -116,3 +116,19 @@ def test_machine_stays_usable_after_a_driver_faults(machine: Machine) -> None:
     result = machine.communicate(ECHO_GUID, b"abc")
 
     assert (result.status, result.data) == (EfiStatus.SUCCESS, b"cba")
+
+
+def test_loaded_image_protocol_has_the_spec_layout(machine: Machine) -> None:
+    image = machine.load_image(DRIVERS / "StandaloneEcho.efi", standalone=True)
+    record = machine.services.db.interface(image.handle,
+                                           uuid.UUID("5b1b31a1-9562-11d2-8e3f-00a0c969723b"))
+    assert record is not None
+
+    raw = machine.memory.read(record, 0x60, smm=True)  # SMRAM: the SMM view
+
+    # UEFI 2.10 9.1: Revision @0, SystemTable @0x10, ImageBase @0x40, ImageSize @0x48,
+    # ImageCodeType @0x50, ImageDataType @0x54.
+    assert struct.unpack_from("<I", raw, 0)[0] == 0x1000
+    assert struct.unpack_from("<QQ", raw, 0x40) == (image.base, image.size)
+    assert struct.unpack_from("<II", raw, 0x50) == (5, 6)
+    assert struct.unpack_from("<Q", raw, 0x10)[0] == machine.dxe_services.system_table

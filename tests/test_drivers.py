@@ -159,3 +159,24 @@ p:
     assert image.status == 0x8000000000000002
     kinds = [f.kind for f in q35.services.findings]
     assert kinds == ["double-free", "foreign-free"]
+
+
+def test_service_given_a_pointer_outside_ram_fails_and_the_machine_stays_usable(
+        q35: Machine) -> None:
+    # gBS->SetMem(0xF0000000, 16, 0): the buffer is not RAM.
+    source = """
+    sub rsp, 0x28
+    mov rax, qword ptr [rdx + 0x60]
+    mov ecx, 0xf0000000
+    mov edx, 0x10
+    xor r8d, r8d
+    call qword ptr [rax + 0x168]
+    add rsp, 0x28
+    ret
+"""
+    image = q35.load_image(build_driver(source), name="Wild")
+
+    assert image.status == 0x8000000000000002  # EFI_INVALID_PARAMETER
+    [finding] = [f for f in q35.services.findings if f.kind == "bad-pointer"]
+    assert "gBS->SetMem called from Wild+0x" in finding.message
+    assert q35.communicate(uuid.UUID("12345678-1234-5678-1234-567890abcdef"), b"ok").data == b"ok"

@@ -14,7 +14,8 @@ message, and edk2's loading rules (PE/COFF spec, "Optional Header", "Section Tab
   (type in the top 4 bits); smmemu applies DIR64 (10) and skips ABSOLUTE (0);
 - an image with no relocations is relocatable (there is nothing to fix up) unless
   IMAGE_FILE_RELOCS_STRIPPED is set, in which case it loads only at its ImageBase.
-  edk2's OVMF ships SMM drivers of the first kind (ImageBase 0, no .reloc).
+  (Debian's OVMF SMM drivers have ImageBase 0 and a .reloc section: VariableSmm has
+  about 5000 DIR64 entries.)
 """
 
 from __future__ import annotations

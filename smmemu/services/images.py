@@ -3,7 +3,8 @@
 An image is relocated into pages from the SMRAM heap (``smmemu.loader.pe``),
 gets an image handle carrying ``EFI_LOADED_IMAGE_PROTOCOL``, and waits for
 dispatch. Dispatch happens in SMM, the way edk2 does it: the host sends an
-MMI on ``gEventMmDispatchGuid`` (PiSmmCore's ``MmDriverDispatchHandler``), and
+MMI on ``gEventMmDispatchGuid`` (StandaloneMmCore's ``MmDriverDispatchHandler``;
+PiSmmCore's equivalent listens on gEfiEventDxeDispatchGuid), and
 the handler, registered in the MM core's own handler table, calls each
 pending entry point: ``(ImageHandle, MmSystemTable)`` for MM_STANDALONE
 drivers, ``(ImageHandle, SystemTable)`` with the DXE system table for
@@ -26,6 +27,11 @@ from smmemu.uefi.status import EfiStatus
 __all__ = ["LOADED_IMAGE_GUID", "MM_DISPATCH_GUID", "DriverManager", "LoadedImage"]
 
 LOADED_IMAGE_GUID = uuid.UUID("5b1b31a1-9562-11d2-8e3f-00a0c969723b")
+_LOADED_IMAGE = struct.Struct("<I4xQQQQQI4xQQQIIQ")
+"""EFI_LOADED_IMAGE_PROTOCOL (UEFI 2.10, 9.1): Revision, ParentHandle, SystemTable,
+DeviceHandle, FilePath, Reserved, LoadOptionsSize, LoadOptions, ImageBase, ImageSize,
+ImageCodeType, ImageDataType, Unload; 0x60 bytes."""
+_RUNTIME_CODE, _RUNTIME_DATA = 5, 6  # the memory types PiSmmCore gives SMM images
 MM_DISPATCH_GUID = uuid.UUID("7e6efffa-69b4-4c1b-a4c7-aff9c9244feb")
 
 
@@ -87,10 +93,10 @@ class DriverManager:
         laid_out = pe.relocate(base)
         self._mm.memory.write(base, laid_out)
         handle = self._mm.pool(16)
-        loaded = self._mm.pool(0x60)
-        self._mm.memory.write(loaded, struct.pack("<IIQQQQIIQQQQII", 0x1000, 0, 0,
-                                                  self._dxe.system_table, 0, 0, 0, 0, 0,
-                                                  base, pe.size_of_image, 0, 5, 6))
+        loaded = self._mm.pool(_LOADED_IMAGE.size)
+        self._mm.memory.write(loaded, _LOADED_IMAGE.pack(
+            0x1000, 0, self._dxe.system_table, 0, 0, 0, 0, 0, base, pe.size_of_image,
+            _RUNTIME_CODE, _RUNTIME_DATA, 0))
         self._mm.db.install(handle, LOADED_IMAGE_GUID, loaded)
         self._dxe.db.install(handle, LOADED_IMAGE_GUID, loaded)
         image = LoadedImage(name, base, pe.size_of_image, base + pe.entry_point_rva, standalone,

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from smmemu.cpu import Cpu
+from smmemu.errors import MemoryAccessError
 from smmemu.results import Finding
 from smmemu.services.guestmem import GuestMemory
 from smmemu.services.heap import PAGE, SmramHeap
@@ -150,7 +151,16 @@ class MmRuntime:
         status: int = EfiStatus.UNSUPPORTED
         if service is not None:
             self.calls[service.name] = self.calls.get(service.name, 0) + 1
-            status = service.run(cpu)
+            try:
+                status = service.run(cpu)
+            except MemoryAccessError as err:
+                # A guest pointer outside RAM: the guest gets an error status and the
+                # run goes on; the host never unwinds through Unicorn.
+                self.report("bad-pointer", f"{service.name} called from "
+                                           f"{self.where(self._caller)} with a buffer outside "
+                                           f"RAM ({err.address:#x}, {err.size} bytes)",
+                            err.address)
+                status = EfiStatus.INVALID_PARAMETER
         cpu.engine.set_reg("rax", int(status))
 
     @property
@@ -205,8 +215,11 @@ class MmRuntime:
             return _INVALID
         wanted = self.memory.u64(out) if kind == 2 else None  # AllocateAddress
         address = self.heap.allocate_pages(pages, at=wanted)
-        if address is None or (kind == 1 and address + pages * PAGE > self.memory.u64(out) + 1):
-            return _NO_MEMORY if address is None else _NOT_FOUND
+        if address is None:
+            return _NO_MEMORY
+        if kind == 1 and address + pages * PAGE > self.memory.u64(out) + 1:  # AllocateMaxAddress
+            self.heap.free(address, pages=pages)  # not where the caller can use it: give back
+            return _NOT_FOUND
         self.memory.put_u64(out, address)
         return _SUCCESS
 

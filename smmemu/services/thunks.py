@@ -5,8 +5,9 @@ PiSmmCore. The pointer leads to a 16-byte thunk in SMRAM that holds ``ud2``;
 Unicorn reports the #UD to the CPU, which sees the address inside the thunk
 area, runs the Python service with the EFIAPI arguments (RCX, RDX, R8, R9,
 then the stack), puts the status in RAX and returns to the caller as ``ret``
-would. One thunk costs one stop of the CPU (a few microseconds); the choice
-and its cost are recorded in docs/decisions/0013-host-implemented-services.md.
+would. One thunk costs one stop and restart of the CPU plus the Python service,
+30-60 µs as measured (about 300 native calls); the choice and its cost are
+recorded in docs/decisions/0013-host-implemented-services.md.
 """
 
 from __future__ import annotations
