@@ -112,6 +112,8 @@ class MachineSpec:
     pcd: tuple[tuple[int, int | str], ...] = ()
     """Dynamic PCD token values (token, number or platform object name)."""
     possible_cpus: int | None = None
+    mode: str | None = None
+    """``standalone`` or ``traditional`` (None: the Machine's default)."""
 
     def build(self) -> Machine:
         """A new Machine with these settings, its firmware dispatched and drivers loaded.
@@ -123,7 +125,7 @@ class MachineSpec:
         options: dict[str, Any] = {"cpus": self.cpus, "trigger_order": self.order,
                                    "firmware": self.firmware, "stubs": self.stubs,
                                    "varstore": self.varstore, "pcd": dict(self.pcd),
-                                   "possible_cpus": self.possible_cpus}
+                                   "possible_cpus": self.possible_cpus, "mode": self.mode}
         if self.budget is not None:
             options["budget"] = self.budget
         machine = Machine(self.profile, self.image, **options)

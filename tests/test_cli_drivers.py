@@ -157,3 +157,16 @@ def test_varstore_pcd_and_possible_cpus_reach_the_machine(
 def test_malformed_pcd_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", "--pcd", "26"]) == 2
     assert "TOKEN=VALUE" in capsys.readouterr().err
+
+
+def test_mode_option_selects_the_mm_core_behaviour(capsys: pytest.CaptureFixture[str]) -> None:
+    # Traditional mode hands handlers the comm buffer itself; standalone mode an SMRAM copy.
+    for mode, in_place in (("traditional", True), ("standalone", False)):
+        status, document = run_json(capsys, "communicate", "--mode", mode, "--load",
+                                    str(DRIVERS / "SwSmiCounter.efi"), "--guid", COUNTER,
+                                    "--hex", "00" * 8)
+        drivers = document["drivers"]
+        assert isinstance(drivers, dict)
+        assert status == 0
+        assert (drivers["mode"], drivers["requests_in_place"]) == (mode, in_place)
+    assert main(["info", "--mode", "bogus"]) == 2

@@ -180,3 +180,49 @@ def test_service_given_a_pointer_outside_ram_fails_and_the_machine_stays_usable(
     [finding] = [f for f in q35.services.findings if f.kind == "bad-pointer"]
     assert "gBS->SetMem called from Wild+0x" in finding.message
     assert q35.communicate(uuid.UUID("12345678-1234-5678-1234-567890abcdef"), b"ok").data == b"ok"
+
+
+def test_sw_dispatch_child_gets_the_dispatchers_copy_of_its_register_context(
+        q35: Machine) -> None:
+    # MM_STANDALONE entry: MmLocateProtocol(SwDispatch2); Register(callback, &ctx, &h) with
+    # ctx = {0x6c} on the stack, then scribble over ctx. The callback stores the
+    # SwSmiInputValue it sees through Context at 0x120000 (comm buffer 1, mapped in SMM).
+    source = """
+    push rbx
+    sub rsp, 0x40
+    mov rbx, rdx
+    lea rcx, [rip + dispatch_guid]
+    xor edx, edx
+    lea r8, [rip + dispatch]
+    call qword ptr [rbx + 0xd0]
+    mov qword ptr [rsp + 0x30], 0x6c
+    mov rcx, qword ptr [rip + dispatch]
+    lea rdx, [rip + callback]
+    lea r8, [rsp + 0x30]
+    lea r9, [rip + handle]
+    call qword ptr [rcx]
+    mov qword ptr [rsp + 0x30], 0x5a5a
+    add rsp, 0x40
+    pop rbx
+    ret
+callback:
+    mov rax, qword ptr [rdx]
+    mov ecx, 0x120000
+    mov qword ptr [rcx], rax
+    xor eax, eax
+    ret
+dispatch_guid:
+    .byte 0xdc, 0xc6, 0xa3, 0x18, 0xea, 0x5e, 0xc8, 0x48
+    .byte 0xa1, 0xc1, 0xb5, 0x33, 0x89, 0xf9, 0x89, 0x99
+dispatch:
+    .quad 0x0
+handle:
+    .quad 0x0
+"""
+    image = q35.load_image(build_driver(source), standalone=True, name="SwChild")
+    assert image.status == 0
+    q35.write_physical(0x120000, bytes(8))
+
+    q35.software_smi(0x6C)
+
+    assert q35.read_physical(0x120000, 8) == (0x6C).to_bytes(8, "little")

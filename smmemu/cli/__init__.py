@@ -139,7 +139,7 @@ def machine_spec(args: argparse.Namespace, base: MachineSpec | None = None, *,
     """The Machine the global options ask for, over ``base`` (default settings when None)."""
     changes: dict[str, Any] = {name: getattr(args, name)
                                for name in ("profile", "image", "budget", "cpus", "firmware",
-                                            "varstore", "possible_cpus")
+                                            "varstore", "possible_cpus", "mode")
                                if getattr(args, name, None) is not None}
     if getattr(args, "drivers", None):
         changes["drivers"] = (base.drivers if base else ()) + tuple(args.drivers)

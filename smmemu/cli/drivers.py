@@ -74,6 +74,10 @@ def add_options(group: argparse._ArgumentGroup, default: Callable[[object], obje
                        help="load an MM_STANDALONE driver; repeatable")
     group.add_argument("--firmware", type=Path, metavar="FILE.fd", default=default(None),
                        help="dispatch every SMM/MM driver of a firmware volume or flash image")
+    group.add_argument("--mode", choices=("standalone", "traditional"), default=default(None),
+                       help="MM core behaviour: standalone (requests on an SMRAM copy; default "
+                            "without --firmware) or traditional (edk2 PiSmmCore: in place, DRAM "
+                            "mapped; default with --firmware)")
     group.add_argument("--varstore", type=Path, metavar="FILE.fd", default=default(None),
                        help="variable store flash (OVMF_VARS) below the --firmware code flash; "
                             "the file itself is never written")
@@ -104,6 +108,7 @@ def report_json(machine: Machine) -> dict[str, Any]:
     """The load report as a JSON-ready document."""
     firmware = machine.firmware_report
     return {
+        "mode": machine.mode, "requests_in_place": machine.in_place,
         "images": [{
             "name": image.name, "base": f"{image.base:#x}", "size": f"{image.size:#x}",
             "entry": f"{image.entry:#x}", "standalone": image.standalone,
@@ -144,7 +149,7 @@ def report_json(machine: Machine) -> dict[str, Any]:
 
 def report_lines(machine: Machine) -> list[str]:
     """The load report as text."""
-    lines: list[str] = []
+    lines: list[str] = [f"MM core mode: {machine.mode}"]
     firmware = machine.firmware_report
     if firmware is not None:
         lines.append("firmware drivers:")

@@ -72,7 +72,12 @@ class SwDispatch2:
         elif value > _MAX_SWI or value in taken:
             return EfiStatus.INVALID_PARAMETER
         handle = self._mm.pool(16)
-        self.registrations.append(_SwRegistration(handle, function, context, value))
+        # The dispatcher keeps its own EFI_SMM_SW_REGISTER_CONTEXT (as edk2's SMM SW
+        # dispatchers keep the child context in their record): the caller's copy is often
+        # on its stack, gone by the time the SMI comes.
+        copy = self._mm.pool(8)
+        mem.put_u64(copy, value)
+        self.registrations.append(_SwRegistration(handle, function, copy, value))
         mem.put_u64(out, handle)
         return EfiStatus.SUCCESS
 
