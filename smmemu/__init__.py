@@ -20,6 +20,7 @@ from smmemu.errors import (
     ProfileError,
     SessionError,
     SmmemuError,
+    SnapshotError,
 )
 from smmemu.machine import Machine
 from smmemu.profiles import PROFILE_NAMES
@@ -48,6 +49,7 @@ __all__ = [
     "SessionError",
     "SmiResult",
     "SmmemuError",
+    "SnapshotError",
     "StopReason",
     "__version__",
 ]

@@ -19,6 +19,7 @@ therefore the instruction after the OUT and nothing after the OUT has run.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import struct
@@ -195,6 +196,9 @@ class Cpu:
         self._watchdog = _Watchdog(self.engine.stop)
         self.msr = MsrBank(profile, is_bsp=index == 0)
         self._msr_sites: dict[int, bool] = {}
+        """Watched ``rdmsr`` (False) / ``wrmsr`` (True) sites; a snapshot restore resets it."""
+        self._hooked: set[tuple[str, int]] = set()
+        """Code hooks installed (Unicorn hooks stay when a restore forgets a site)."""
         self._msr_stop: tuple[int, bool] | None = None
         self._msr_fixup: tuple[int, int] | None = None
         self.nmi_pending = False
@@ -250,21 +254,27 @@ class Cpu:
         access that raises #GP stops the CPU, to deliver the exception.
         """
         for address, is_write in sites.items():
-            if address in self._msr_sites:
+            if self._msr_sites.get(address) is is_write:
                 continue
             self._msr_sites[address] = is_write
-            self.engine.on_code(address, address, self._on_msr_site)
+            self._hook_once("msr", address, self._on_msr_site)
             if not is_write:
-                self.engine.on_code(address + 2, address + 2, self._on_msr_fixup)
+                self._hook_once("fixup", address + 2, self._on_msr_fixup)
             self.engine.invalidate_code(address, address + 3)
+
+    def _hook_once(self, kind: str, address: int, callback: Callable[[int, int], None]) -> None:
+        if (kind, address) not in self._hooked:
+            self._hooked.add((kind, address))
+            self.engine.on_code(address, address, callback)
 
     def _on_msr_site(self, address: int, _size: int) -> None:
         engine = self.engine
         msr = engine.reg("rcx") & 0xFFFF_FFFF
-        if msr not in EMULATED_MSRS:
+        is_write = self._msr_sites.get(address)
+        if msr not in EMULATED_MSRS or is_write is None:
             return
         try:
-            if self._msr_sites[address]:
+            if is_write:
                 value = (engine.reg("rdx") & 0xFFFF_FFFF) << 32 | engine.reg("rax") & 0xFFFF_FFFF
                 self.msr.write(msr, value, in_smm=self.in_smm)
             else:
@@ -272,7 +282,7 @@ class Cpu:
                                       smi_count=self.smi_count)
                 self._msr_fixup = (address + 2, value)
         except MsrFault:
-            self._msr_stop = (address, self._msr_sites[address])
+            self._msr_stop = (address, is_write)
             engine.stop()
 
     def watch_iret_sites(self, sites: list[int]) -> None:
@@ -283,11 +293,11 @@ class Cpu:
         for address in sites:
             if address not in self._iret_sites:
                 self._iret_sites.add(address)
-                self.engine.on_code(address, address, self._on_iret)
+                self._hook_once("iret", address, self._on_iret)
                 self.engine.invalidate_code(address, address + 2)
 
-    def _on_iret(self, _address: int, _size: int) -> None:
-        if not self.nmi_masked or self._stepping_iret:
+    def _on_iret(self, address: int, _size: int) -> None:
+        if not self.nmi_masked or self._stepping_iret or address not in self._iret_sites:
             return
         if self.nmi_pending:
             # Deliver the held NMI right after this IRET: stop, run the IRET alone, deliver.
@@ -461,11 +471,31 @@ class Cpu:
         self.paused = None
         self._quantum_end = self.executed + quantum if quantum is not None else 1 << 62
         if self._counting:
-            self.engine.flush_translations()
-            self._counting = False
+            self._leave_counting()
         self._next_rip = self._segment(self._next_rip)
         if self._run.stop is not None:
             self.state = RunState.DONE
+
+    def _leave_counting(self) -> None:
+        """Back to free runs after single steps.
+
+        Besides dropping the counted translations, absorb a Unicorn quirk: the
+        first free ``emu_start`` after counted ones looks up addresses of earlier
+        counted runs in the current page tables (seen: the non-SMM ``out 0xb2``
+        that was stepped into SMM, looked up under SMM paging). Each miss is a
+        silent #PF that sets CR2 and ``old_exception``, so the next real
+        exception turns into #DF or a silent triple fault (unicorn_probe.md row
+        5). A zero-length run (``until`` = the start) takes those lookups; the
+        context from before it is then put back.
+        """
+        engine = self.engine
+        engine.flush_translations()
+        self._counting = False
+        blob = engine.save_context()
+        start = self._linear(self._next_rip)
+        with contextlib.suppress(RunFault):
+            engine.run(self._next_rip, start, 0)
+        engine.restore_context(blob)
 
     def step_instruction(self) -> None:
         """Execute exactly one instruction (unicorn_probe.md row 16: ``count=1`` is exact).
@@ -489,6 +519,13 @@ class Cpu:
     def next_rip(self) -> int:
         """Where the CPU continues (RIP; an offset from CS.base outside 64-bit mode)."""
         return self._next_rip if self.state is RunState.RUNNING else self.engine.reg("rip")
+
+    @next_rip.setter
+    def next_rip(self, rip: int) -> None:
+        """Move where a paused CPU continues (a debugger writing RIP)."""
+        self.engine.set_reg("rip", rip)
+        if self.state is RunState.RUNNING:
+            self._next_rip = rip
 
     def request_pause(self, reason: str) -> None:
         """Pause before the current instruction (call from a code or memory hook)."""

@@ -87,3 +87,11 @@ class SessionError(SmmemuError):
         super().__init__(message)
         self.path = path
         self.step = step
+
+
+class SnapshotError(SmmemuError):
+    """A snapshot that cannot be taken or restored.
+
+    A CPU is running or in SMM, the snapshot belongs to another Machine, or it
+    was released.
+    """

@@ -71,6 +71,9 @@ from smmemu.services.smm_protocols import MM_CPU_GUID, SW_DISPATCH2_GUID, MmCpuP
 from smmemu.services.stubs import StubProtocol, install_stub
 from smmemu.services.thunks import ThunkTable
 from smmemu.smm.savestate import map_size
+from smmemu.snapshot import Snapshot
+from smmemu.snapshot import restore as restore_snapshot
+from smmemu.snapshot import take as take_snapshot
 from smmemu.uefi.guids import END_OF_DXE_GUID, MM_READY_TO_LOCK_GUID, parse_guid
 from smmemu.uefi.status import EfiStatus
 
@@ -884,6 +887,25 @@ class Machine:
         if image is not None:
             return image.symbolize(address)
         return self.services.thunks.name_of(address) if hasattr(self, "services") else None
+
+    # -- snapshots -------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """The whole state now (RAM, SMRAM, CPUs, devices, services), for :meth:`restore`.
+
+        Raises:
+            SnapshotError: a CPU is running, in SMM or has an SMI pending.
+        """
+        self._alive()
+        return take_snapshot(self)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Go back to ``snapshot`` (taken from this Machine); cost follows the pages changed since.
+
+        Raises:
+            SnapshotError: another Machine's or a released snapshot, or a CPU not idle.
+        """
+        self._alive()
+        restore_snapshot(self, snapshot)
 
     # -- lifetime -------------------------------------------------------------------
     def close(self) -> None:

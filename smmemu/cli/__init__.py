@@ -81,14 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every command registered."""
     # The command modules import this package's helpers, so they are imported here, not on top.
-    from smmemu.cli import communicate, info, run, session, swsmi
+    from smmemu.cli import communicate, debug, info, run, session, swsmi
 
     parser = argparse.ArgumentParser(
         prog="smmemu", description="An x86-64 System Management Mode emulator.",
         epilog="exit status: 0 success, 1 guest-side failure, 2 usage or host-side error")
     parser.add_argument("--version", action="version", version=f"smmemu {__version__}")
     _add_global_options(parser, on_command=False)
-    commands: tuple[_Command, ...] = (run, communicate, swsmi, info, session)
+    commands: tuple[_Command, ...] = (run, communicate, swsmi, info, session, debug)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for command in commands:
         command.register(subparsers)
