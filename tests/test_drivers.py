@@ -226,3 +226,31 @@ handle:
     q35.software_smi(0x6C)
 
     assert q35.read_physical(0x120000, 8) == (0x6C).to_bytes(8, "little")
+
+
+def test_pcd_get_next_token_space_is_not_found_and_not_a_read(q35: Machine) -> None:
+    # gBS->LocateProtocol(&gPcdProtocolGuid, NULL, &pcd); pcd->GetNextTokenSpace(&guid_ptr).
+    source = """
+    sub rsp, 0x28
+    mov rax, qword ptr [rdx + 0x60]
+    lea rcx, [rip + pcd_guid]
+    xor edx, edx
+    lea r8, [rip + pcd]
+    call qword ptr [rax + 0x140]
+    mov rax, qword ptr [rip + pcd]
+    lea rcx, [rip + space]
+    call qword ptr [rax + 0xf0]
+    add rsp, 0x28
+    ret
+pcd_guid:
+    .byte 0x06, 0x40, 0xb3, 0x11, 0x5b, 0xd8, 0x0a, 0x4d
+    .byte 0xa2, 0x90, 0xd5, 0xa5, 0x71, 0x31, 0x0e, 0xf7
+pcd:
+    .quad 0x0
+space:
+    .quad 0x0
+"""
+    image = q35.load_image(build_driver(source), name="Enumerator")
+
+    assert image.status == 0x800000000000000E  # EFI_NOT_FOUND
+    assert q35.pcd.reads == []

@@ -91,7 +91,7 @@ class PcdProtocols:
         def run(cpu: Cpu) -> int:
             guid = self.dxe.mm.memory.guid(cpu.argument(0)) if extended else None
             token = cpu.argument(1 if extended else 0)
-            if base.startswith("Get") and base != "GetNextToken":
+            if base.startswith("Get") and not base.startswith("GetNext"):
                 return self._get(base[3:], guid, token)
             if base.startswith("Set") and base != "SetSku":
                 value = cpu.argument(2 if extended else 1)
