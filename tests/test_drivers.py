@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from pe_builder import build_driver
 
 from smmemu import Machine, StopReason
+from smmemu.errors import ImageError
 
 GUID = uuid.UUID("3e0a7f4e-9d3c-4b0f-8a41-5d7e2c1b9a60")
 GUID_BYTES = ", ".join(f"{b:#x}" for b in GUID.bytes_le)
@@ -254,3 +256,17 @@ space:
 
     assert image.status == 0x800000000000000E  # EFI_NOT_FOUND
     assert q35.pcd.reads == []
+
+
+def test_refused_stripped_image_gives_its_heap_pages_back(q35: Machine) -> None:
+    data = bytearray(build_driver("    xor eax, eax\n    ret\n"))
+    e_lfanew = int.from_bytes(data[0x3C:0x40], "little")
+    characteristics = int.from_bytes(data[e_lfanew + 22:e_lfanew + 24], "little")
+    data[e_lfanew + 22:e_lfanew + 24] = (characteristics | 0x1).to_bytes(2, "little")
+    in_use = q35.heap.in_use
+
+    with pytest.raises(ImageError, match="cannot be relocated"):
+        q35.load_image(bytes(data), name="Stripped")
+
+    assert q35.heap.in_use == in_use
+    assert q35.communicate(uuid.UUID("12345678-1234-5678-1234-567890abcdef"), b"ok").data == b"ok"

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from smmemu.errors import ImageError
+from smmemu.errors import ConfigError, ImageError
 from smmemu.loader.errors import LoaderError
 from smmemu.loader.fv import FirmwareDriver, scan_firmware
 from smmemu.services.images import LoadedImage
@@ -111,7 +111,7 @@ def dispatch_firmware(data: bytes, load: LoadFn, installed: InstalledFn) -> Firm
             progressed = True
             try:
                 image = load(driver.pe, entry.name, driver.ffs_type in _STANDALONE_TYPES)
-            except ImageError as err:
+            except (ImageError, ConfigError) as err:  # malformed, or no room left in SMRAM
                 entry.state, entry.reason = "unloadable", str(err)
                 continue
             entry.image = image

@@ -90,7 +90,11 @@ class DriverManager:
         base = self._mm.heap.allocate_pages(pages)
         if base is None:
             raise MemoryError(f"no room in the SMRAM heap for {name} ({pages} pages)")
-        laid_out = pe.relocate(base)
+        try:
+            laid_out = pe.relocate(base)
+        except Exception:
+            self._mm.heap.free(base, pages=pages)  # refused: the pages go back
+            raise
         self._mm.memory.write(base, laid_out)
         handle = self._mm.pool(16)
         loaded = self._mm.pool(_LOADED_IMAGE.size)
