@@ -270,3 +270,24 @@ def test_refused_stripped_image_gives_its_heap_pages_back(q35: Machine) -> None:
 
     assert q35.heap.in_use == in_use
     assert q35.communicate(uuid.UUID("12345678-1234-5678-1234-567890abcdef"), b"ok").data == b"ok"
+
+
+def test_boot_services_free_pool_misuse_is_reported_under_its_own_name(q35: Machine) -> None:
+    # gBS->FreePool(&out): a pointer into the driver's own image, never allocated.
+    source = """
+    sub rsp, 0x28
+    mov rax, qword ptr [rdx + 0x60]
+    lea rcx, [rip + out]
+    call qword ptr [rax + 0x48]
+    add rsp, 0x28
+    ret
+out:
+    .quad 0x0
+"""
+    image = q35.load_image(build_driver(source), name="BadFree")
+
+    assert image.status == 0x8000000000000002  # EFI_INVALID_PARAMETER
+    [finding] = q35.services.findings
+    assert finding.kind == "foreign-free"
+    assert finding.message.startswith("gBS->FreePool(")
+    assert "BadFree+0x" in finding.message

@@ -123,7 +123,7 @@ class DxeServices:
     def _unsupported(self, name: str) -> Callable[[Cpu], int]:
         def run(_cpu: Cpu) -> int:
             self.mm.report("unsupported-service", f"{name} called from "
-                                                  f"{self.mm.caller:#x}: not emulated")
+                                                  f"{self.mm.where(self.mm.caller)}: not emulated")
             return EfiStatus.UNSUPPORTED
 
         return run
@@ -146,7 +146,7 @@ class DxeServices:
         return self.mm._allocate_pool(cpu)
 
     def _free_pool(self, cpu: Cpu) -> int:
-        return self.mm._free_pool(cpu)
+        return self.mm.free_pool(cpu, "gBS->FreePool")
 
     def _allocate_pages(self, cpu: Cpu) -> int:
         """AllocatePages: SMRAM heap, except AllocateMaxAddress below 1 MiB (DXE low memory).

@@ -155,7 +155,7 @@ def install_platform_protocols(dxe: DxeServices, tseg: tuple[int, int],
         label = f"DevicePathUtilities function {index}"
 
         def unsupported(_cpu: Cpu, label: str = label) -> int:
-            mm.report("unsupported-service", f"{label} called from {mm.caller:#x}")
+            mm.report("unsupported-service", f"{label} called from {mm.where(mm.caller)}")
             return 0
 
         mm.memory.put_u64(utilities + 8 * index, mm.thunks.add(label, unsupported))

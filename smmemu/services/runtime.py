@@ -201,11 +201,15 @@ class MmRuntime:
         return _SUCCESS
 
     def _free_pool(self, cpu: Cpu) -> int:
+        return self.free_pool(cpu, "MmFreePool")
+
+    def free_pool(self, cpu: Cpu, service: str) -> int:
+        """FreePool of the pool both MmFreePool and gBS->FreePool use; misuse named by service."""
         address = cpu.argument(0)
         if self.heap.free(address, caller=self._caller):
             return _SUCCESS
         misuse = self.heap.misuse[-1]
-        self.report(misuse.kind, f"MmFreePool({address:#x}) from {self.where(self._caller)}: "
+        self.report(misuse.kind, f"{service}({address:#x}) from {self.where(self._caller)}: "
                                  f"{misuse.kind.replace('-', ' ')}", address)
         return _INVALID
 
