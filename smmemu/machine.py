@@ -70,6 +70,7 @@ from smmemu.services.runtime import MmRuntime
 from smmemu.services.smm_protocols import MM_CPU_GUID, SW_DISPATCH2_GUID, MmCpuProtocol, SwDispatch2
 from smmemu.services.stubs import StubProtocol, install_stub
 from smmemu.services.thunks import ThunkTable
+from smmemu.smm.pagetables import set_page_permissions
 from smmemu.smm.savestate import map_size
 from smmemu.snapshot import Snapshot
 from smmemu.snapshot import restore as restore_snapshot
@@ -805,6 +806,7 @@ class Machine:
         except MemoryError as err:
             raise ConfigError(str(err), field="image", value=label) from err
         self._invalidate(image.base, image.base + image.size)
+        self._protect(image)
         for address, code in self.drivers.code_ranges(image):
             self._watch_code(address, code)
         if dispatch:
@@ -827,6 +829,15 @@ class Machine:
                               value=str(stub.guid)) from err
         self.stubs.append(stub)
         return interface
+
+    def _protect(self, image: LoadedImage) -> None:
+        """Give the image's pages its sections' permissions (code RX, data RW NX, rest R NX)."""
+        pd0 = self.image.constants["PD0"]
+        for pages in image.pe.load_plan(image.base):
+            set_page_permissions(self._memory, pd0, pages.start, pages.size,
+                                 writable=pages.writable, executable=pages.executable)
+        for cpu in self._cpus:
+            cpu.engine.flush_tlb()
 
     @property
     def in_place(self) -> bool:

@@ -68,15 +68,34 @@ core_init:
     mov qword ptr [rbx + 0x8], PD0 + 0x1003
     mov qword ptr [rbx + 0x10], PD0 + 0x2003
     mov qword ptr [rbx + 0x18], PD0 + 0x3003
-    # SMRAM: present, writable, executable 2 MiB pages.
-    mov rbx, PD0
-    mov qword ptr [rbx + 0x1e0], TSEG_BASE + 0x83
-    mov qword ptr [rbx + 0x1e8], TSEG_BASE + 0x200083
-    mov qword ptr [rbx + 0x1f0], TSEG_BASE + 0x400083
-    mov qword ptr [rbx + 0x1f8], TSEG_BASE + 0x600083
+    # SMRAM: present, writable, executable 4 KiB pages, one page table per 2 MiB from
+    # the pool, so that the pages of loaded images can carry their sections'
+    # permissions (the host narrows them after loading, as PiSmmCore's image
+    # protection does).
     mov rbx, CORE_STATE
     mov rax, PT_POOL
     mov qword ptr [rbx + CS_NEXT_PT], rax
+    mov rdx, PD0 + 0x1e0
+    mov rcx, TSEG_BASE
+    mov r8, TSEG_BASE + 0x800000
+core_init_smram_pt:
+    mov rax, qword ptr [rbx + CS_NEXT_PT]
+    lea rsi, [rax + 0x1000]
+    mov qword ptr [rbx + CS_NEXT_PT], rsi
+    mov rdi, rax
+    or rax, 0x3
+    mov qword ptr [rdx], rax
+    add rdx, 0x8
+    xor esi, esi
+core_init_smram_pte:
+    lea rax, [rcx + 0x3]
+    mov qword ptr [rdi + rsi*8], rax
+    add rcx, 0x1000
+    inc esi
+    cmp esi, 0x200
+    jb core_init_smram_pte
+    cmp rcx, r8
+    jb core_init_smram_pt
     # Comm buffers and their status mailboxes: present, writable, NX.
     mov r12, BOOT_INFO
     mov rdi, qword ptr [r12 + 0x10]
