@@ -792,15 +792,8 @@ class Machine:
             ConfigError: the SMRAM heap is full.
         """
         self._alive()
-        if isinstance(source, bytes):
-            data, label = source, name or "image"
-        else:
-            path = Path(source)
-            try:
-                data = path.read_bytes()
-            except OSError as err:
-                raise ImageError(f"cannot read {path}: {err.strerror}", path=str(path)) from err
-            label = name or path.stem
+        data = _read_source(source, "image")
+        label = name or ("image" if isinstance(source, bytes) else Path(source).stem)
         try:
             image = self.drivers.load(data, label, standalone=standalone)
         except MemoryError as err:
@@ -861,14 +854,7 @@ class Machine:
             ImageError: unreadable or unparsable firmware.
         """
         self._alive()
-        if isinstance(source, bytes):
-            data = source
-        else:
-            path = Path(source)
-            try:
-                data = path.read_bytes()
-            except OSError as err:
-                raise ImageError(f"cannot read {path}: {err.strerror}", path=str(path)) from err
+        data = _read_source(source, "firmware")
 
         def load(pe: bytes, name: str, standalone: bool) -> LoadedImage:
             return self.load_image(pe, name=name, standalone=standalone)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import struct
 import uuid
-from collections.abc import Callable
 
 from smmemu.cpu import Cpu
 from smmemu.services.runtime import MmRuntime
@@ -56,18 +55,9 @@ class CpuServiceProtocol:
                  "RegisterExceptionHandler")
         self.interface = mm.pool(8 * len(names))
         for index, name in enumerate(names):
-            run = runs.get(name) or self._unsupported(name)
+            run = runs.get(name) or mm.unsupported(f"SmmCpuService->{name}", "not modelled")
             mm.memory.put_u64(self.interface + 8 * index,
                               mm.thunks.add(f"SmmCpuService->{name}", run))
-
-    def _unsupported(self, name: str) -> Callable[[Cpu], int]:
-        def run(_cpu: Cpu) -> int:
-            self._mm.report("unsupported-service", f"SmmCpuService->{name} called from "
-                                                   f"{self._mm.where(self._mm.caller)}: "
-                                                   "not modelled")
-            return EfiStatus.UNSUPPORTED
-
-        return run
 
     def _get_processor_info(self, cpu: Cpu) -> int:
         number, out = cpu.argument(1), cpu.argument(2)

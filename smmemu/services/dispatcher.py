@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from smmemu.errors import ConfigError, ImageError
+from smmemu.loader.depex import Depex
 from smmemu.loader.errors import LoaderError
 from smmemu.loader.fv import FirmwareDriver, scan_firmware
 from smmemu.services.images import LoadedImage
@@ -84,7 +85,7 @@ def dispatch_firmware(data: bytes, load: LoadFn, installed: InstalledFn) -> Firm
     except LoaderError as err:
         raise ImageError(f"cannot read the firmware image: {err}") from err
     entries: list[FirmwareEntry] = []
-    pending: list[tuple[FirmwareDriver, FirmwareEntry]] = []
+    pending: list[tuple[FirmwareDriver, FirmwareEntry, Depex | None]] = []
     for driver in drivers:
         name = driver.ui_name or str(driver.guid)
         entry = FirmwareEntry(name, driver.guid, driver.ffs_type, "blocked")
@@ -99,15 +100,15 @@ def dispatch_firmware(data: bytes, load: LoadFn, installed: InstalledFn) -> Firm
             entry.reason = f"malformed depex: {err}"
             continue
         entry.depex = None if depex is None else depex.describe()
-        pending.append((driver, entry))
+        pending.append((driver, entry, depex))
     progressed = True
     while pending and progressed:
         progressed = False
-        for driver, entry in list(pending):
-            depex = driver.dependency
+        for item in list(pending):
+            driver, entry, depex = item
             if depex is not None and not depex.evaluate(installed()):
                 continue
-            pending.remove((driver, entry))
+            pending.remove(item)
             progressed = True
             try:
                 image = load(driver.pe, entry.name, driver.ffs_type in _STANDALONE_TYPES)
@@ -121,8 +122,7 @@ def dispatch_firmware(data: bytes, load: LoadFn, installed: InstalledFn) -> Firm
             else:
                 entry.state = "dispatched"
     have = installed()
-    for driver, entry in pending:
-        depex = driver.dependency
+    for _driver, entry, depex in pending:
         missing = sorted(depex.guids - have, key=str) if depex is not None else []
         names = ", ".join(f"{guid} ({WELL_KNOWN[guid]})" if guid in WELL_KNOWN else str(guid)
                           for guid in missing)

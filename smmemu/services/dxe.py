@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import struct
 import uuid
-from collections.abc import Callable
 
 from smmemu.cpu import Cpu
 from smmemu.services.dxe_memory import DXE_SERVICES_TABLE_GUID, DxeMemoryMap, MemoryRange
@@ -86,13 +85,13 @@ class DxeServices:
         mem.write(self.boot_services, struct.pack("<QIII", _BS_SIGNATURE, 0x0002_0046,
                                                   0x18 + 8 * len(_BOOT_SERVICES), 0))
         for index, name in enumerate(_BOOT_SERVICES):
-            run = implemented.get(name) or self._unsupported(f"gBS->{name}")
+            run = implemented.get(name) or mm.unsupported(f"gBS->{name}")
             mem.put_u64(self.boot_services + 0x18 + 8 * index, mm.thunks.add(f"gBS->{name}", run))
         self.runtime_services = mm.pool(0x18 + 8 * len(_RUNTIME_SERVICES))
         mem.write(self.runtime_services, struct.pack("<QIII", _RT_SIGNATURE, 0x0002_0046,
                                                      0x18 + 8 * len(_RUNTIME_SERVICES), 0))
         for index, name in enumerate(_RUNTIME_SERVICES):
-            run = self._unsupported(f"gRT->{name}")
+            run = mm.unsupported(f"gRT->{name}")
             mem.put_u64(self.runtime_services + 0x18 + 8 * index,
                         mm.thunks.add(f"gRT->{name}", run))
         self.system_table = mm.pool(0x78)
@@ -120,14 +119,6 @@ class DxeServices:
         self.db.install(mm.pool(16), SMM_BASE2_GUID, base2)
 
     # -- helpers ----------------------------------------------------------------
-    def _unsupported(self, name: str) -> Callable[[Cpu], int]:
-        def run(_cpu: Cpu) -> int:
-            self.mm.report("unsupported-service", f"{name} called from "
-                                                  f"{self.mm.where(self.mm.caller)}: not emulated")
-            return EfiStatus.UNSUPPORTED
-
-        return run
-
     @staticmethod
     def _success(_cpu: Cpu) -> int:
         return EfiStatus.SUCCESS

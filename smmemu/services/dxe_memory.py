@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import struct
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -111,16 +110,8 @@ class DxeMemoryMap:
         self.table = mm.pool(size)
         mm.memory.write(self.table, struct.pack("<QIII", _DS_SIGNATURE, 0x0001_0050, size, 0))
         for index, name in enumerate(_DXE_SERVICES):
-            run = implemented.get(name) or self._unsupported(f"gDS->{name}")
+            run = implemented.get(name) or mm.unsupported(f"gDS->{name}")
             mm.memory.put_u64(self.table + 0x18 + 8 * index, mm.thunks.add(f"gDS->{name}", run))
-
-    def _unsupported(self, name: str) -> Callable[[Cpu], int]:
-        def run(_cpu: Cpu) -> int:
-            self.mm.report("unsupported-service",
-                           f"{name} called from {self.mm.where(self.mm.caller)}: not emulated")
-            return EfiStatus.UNSUPPORTED
-
-        return run
 
     def descriptors(self) -> bytes:
         """The map as the guest reads it (DescriptorSize 48)."""

@@ -173,6 +173,15 @@ class MmRuntime:
         name = self.symbolize(address)
         return f"{name} ({address:#x})" if name else f"{address:#x}"
 
+    def unsupported(self, name: str, why: str = "not emulated") -> Callable[[Cpu], int]:
+        """A service body for ``name`` that reports each call (with the caller) and fails."""
+        def run(_cpu: Cpu) -> int:
+            self.report("unsupported-service",
+                        f"{name} called from {self.where(self._caller)}: {why}")
+            return EfiStatus.UNSUPPORTED
+
+        return run
+
     def report(self, kind: str, message: str, address: int | None = None) -> None:
         """Record a finding for the run report."""
         self.findings.append(Finding(kind, message, address))
