@@ -26,17 +26,20 @@ import argparse
 import dataclasses
 import logging
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from smmemu import __version__
 from smmemu.cli.drivers import add_options as add_driver_options
-from smmemu.errors import SmmemuError
+from smmemu.errors import GuidError, SmmemuError
 from smmemu.profiles import PROFILE_NAMES
 from smmemu.session import MachineSpec
+from smmemu.uefi.guids import parse_guid
 
-__all__ = ["hex_bytes", "machine_spec", "main", "number", "positive_float"]
+__all__ = ["guid", "hex_bytes", "machine_spec", "main", "number", "positive_float",
+           "register_value"]
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +184,22 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
+
+
+def guid(text: str) -> uuid.UUID:
+    """A GUID in registry format (braces allowed)."""
+    try:
+        return parse_guid(text)
+    except GuidError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def register_value(text: str) -> tuple[str, int]:
+    """``NAME=VALUE``: a register name (lower-cased) and a number."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip().lower(), number(value.strip())
 
 
 def hex_bytes(text: str) -> bytes:

@@ -6,7 +6,7 @@ import argparse
 import uuid
 from pathlib import Path
 
-from smmemu.cli import Subparsers, hex_bytes, machine_spec, number
+from smmemu.cli import Subparsers, guid, hex_bytes, machine_spec, number
 from smmemu.cli.drivers import capture
 from smmemu.cli.render import (
     guest_problems,
@@ -18,10 +18,10 @@ from smmemu.cli.render import (
     status_text,
 )
 from smmemu.dxe.communicator import TriggerOrder
-from smmemu.errors import ConfigError, GuidError
+from smmemu.errors import ConfigError
 from smmemu.results import CommResult
 from smmemu.uefi.communicate import COMM_HEADER_SIZE
-from smmemu.uefi.guids import WELL_KNOWN, parse_guid
+from smmemu.uefi.guids import WELL_KNOWN
 from smmemu.uefi.status import status_name
 
 __all__ = ["register", "run"]
@@ -34,7 +34,7 @@ def register(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
         description="Send one MM communicate request (EFI_MM_COMMUNICATE_HEADER + payload) "
                     "through a comm buffer and show ReturnStatus and the reply payload. "
                     "Exits 1 when the handler faults or breaks the header.")
-    parser.add_argument("--guid", required=True, type=_guid, metavar="GUID",
+    parser.add_argument("--guid", required=True, type=guid, metavar="GUID",
                         help="recipient handler, xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")
     payload = parser.add_mutually_exclusive_group(required=True)
     payload.add_argument("--hex", type=hex_bytes, metavar="HEX", help="payload as hex digits")
@@ -45,13 +45,6 @@ def register(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
                         default=TriggerOrder.PATINA.value,
                         help="software SMI port order (default patina)")
     parser.set_defaults(handler=run)
-
-
-def _guid(text: str) -> uuid.UUID:
-    try:
-        return parse_guid(text)
-    except GuidError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _payload(args: argparse.Namespace) -> bytes:

@@ -22,17 +22,16 @@ import signal
 import socket
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
-from smmemu.cli import Subparsers, hex_bytes, machine_spec, number
+from smmemu.cli import Subparsers, guid, hex_bytes, machine_spec, number, register_value
 from smmemu.cli.render import guest_problems, hexdump, print_lines, register_grid, status_text
 from smmemu.debug import DebuggerQuit, DebugShell, GdbStub
 from smmemu.debug.session import Debugger
 from smmemu.dxe.communicator import TriggerOrder
-from smmemu.errors import ConfigError, GuidError
+from smmemu.errors import ConfigError
 from smmemu.machine import Machine
 from smmemu.results import SmiResult
 from smmemu.session import MachineSpec, SessionReport, load_session, replay
@@ -42,7 +41,7 @@ from smmemu.uefi.communicate import (
     MmSupervisorVersionInfo,
     supervisor_request,
 )
-from smmemu.uefi.guids import MM_SUPERVISOR_REQUEST_HANDLER_GUID, parse_guid
+from smmemu.uefi.guids import MM_SUPERVISOR_REQUEST_HANDLER_GUID
 
 __all__ = ["register", "run"]
 
@@ -69,7 +68,7 @@ def register(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
                        ).set_defaults(debug_action=_debug_run)
     communicate = actions.add_parser("communicate", parents=[common],
                                      help="one MM communicate request")
-    communicate.add_argument("--guid", required=True, type=_guid, metavar="GUID")
+    communicate.add_argument("--guid", required=True, type=guid, metavar="GUID")
     payload = communicate.add_mutually_exclusive_group(required=True)
     payload.add_argument("--hex", type=hex_bytes, metavar="HEX", help="payload as hex digits")
     payload.add_argument("--file", type=Path, metavar="FILE", help="payload from a file")
@@ -80,7 +79,7 @@ def register(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
     swsmi = actions.add_parser("swsmi", parents=[common], help="one software SMI")
     swsmi.add_argument("--command", type=number, required=True, metavar="BYTE")
     swsmi.add_argument("--data", type=number, default=0, metavar="BYTE")
-    swsmi.add_argument("--reg", type=_register, action="append", default=[],
+    swsmi.add_argument("--reg", type=register_value, action="append", default=[],
                        metavar="NAME=VALUE", help="a GPR value at the OUT (repeatable)")
     swsmi.set_defaults(debug_action=_debug_swsmi)
     session = actions.add_parser("session", parents=[common], help="a session file's steps")
@@ -98,20 +97,6 @@ def _endpoint(text: str) -> tuple[str, int]:
     if not 0 <= value <= 0xFFFF:
         raise argparse.ArgumentTypeError(f"port out of range: {value}")
     return host or _DEFAULT_HOST, value
-
-
-def _guid(text: str) -> uuid.UUID:
-    try:
-        return parse_guid(text)
-    except GuidError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _register(text: str) -> tuple[str, int]:
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name.strip().lower(), number(value.strip())
 
 
 def run(args: argparse.Namespace) -> int:

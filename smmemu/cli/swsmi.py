@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from smmemu.cli import Subparsers, machine_spec, number
+from smmemu.cli import Subparsers, machine_spec, number, register_value
 from smmemu.cli.drivers import capture
 from smmemu.cli.render import guest_problems, print_json, print_lines, register_grid, smi_summary
 from smmemu.results import SmiResult
@@ -36,18 +36,11 @@ def register(subparsers: Subparsers[argparse.ArgumentParser]) -> None:
                         help="APM_CNT value (AL)")
     parser.add_argument("--data", type=number, default=0, metavar="BYTE",
                         help="APM_STS value (AH), default 0")
-    parser.add_argument("--reg", type=_register, action="append", default=[],
+    parser.add_argument("--reg", type=register_value, action="append", default=[],
                         metavar="NAME=VALUE", help="a GPR value at the OUT (repeatable)")
     parser.add_argument("--all", action="store_true",
                         help="also show every other save-state field")
     parser.set_defaults(handler=run)
-
-
-def _register(text: str) -> tuple[str, int]:
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name.strip().lower(), number(value.strip())
 
 
 def run(args: argparse.Namespace) -> int:
