@@ -62,6 +62,7 @@ CR2 and QEMU's ``old_exception`` (so the next real fault turns into #DF). An
 """
 _CR0_ENTRY_CLEAR = (1 << 0) | (1 << 31) | (1 << 2) | (1 << 3)
 _RSM_OPCODE = b"\x0f\xaa"
+_Q = struct.Struct("<Q")
 _REVISION_SMBASE_RELOCATION = 1 << 17
 _CR4_RESERVED = (1 << 15) | ~((1 << 25) - 1)
 
@@ -377,14 +378,15 @@ class Cpu:
         self._last_insn = address
 
     def _on_invalid_instruction(self) -> bool:
-        rip = self.engine.reg("rip")
+        blob = self.engine.save_context()
+        rip = int(_Q.unpack_from(blob, self.layout.eip)[0])
         if self.in_smm:
             low, high = self.host_call_range
             if low <= rip < high:
                 self._host_call = rip
                 self.engine.stop()
                 return True
-            if self._read_code(self._linear(rip), 2) == _RSM_OPCODE:
+            if self._code_in_context(blob, rip, 2) == _RSM_OPCODE:
                 self._rsm_requested = True
                 self.engine.stop()
                 return True
@@ -868,6 +870,14 @@ class Cpu:
         blob = self.engine.save_context()
         base = int(struct.unpack_from("<Q", blob, self.layout.seg("cs") + 8)[0])
         return (base + rip) & 0xFFFF_FFFF_FFFF_FFFF
+
+    def _code_in_context(self, blob: bytes, rip: int, size: int) -> bytes:
+        """``size`` code bytes at ``rip`` under the paging of context ``blob`` (one state read)."""
+        layout = self.layout
+        cs_base = int(_Q.unpack_from(blob, layout.seg("cs") + 8)[0])
+        cr0 = int(_Q.unpack_from(blob, layout.cr)[0])
+        cr3 = int(_Q.unpack_from(blob, layout.cr + 24)[0])
+        return self._read_code_paged((cs_base + rip) & 0xFFFF_FFFF_FFFF_FFFF, size, cr0, cr3)
 
     def _read_code(self, linear: int, size: int) -> bytes:
         physical = self._linear_to_physical(linear)

@@ -386,7 +386,7 @@ class Machine:
             cpu.host_calls = self.services.host_call
             cpu.host_call_range = (thunks.base, thunks.end)
             cpu.guest_return_thunk = guest_return
-        self._append_handler(self.sw_dispatch.root_handler, None)
+        self.sw_dispatch.attach_root(self._append_handler(self.sw_dispatch.root_handler, None))
         self._append_handler(self.drivers.dispatch_handler, MM_DISPATCH_GUID)
         for event, protocol in _EVENT_PROTOCOLS.items():
             self._wrap_event_handler(event, protocol)
@@ -765,8 +765,11 @@ class Machine:
         self._append_handler(address, parsed)
         return address
 
-    def _append_handler(self, handler: int, guid: uuid.UUID | None) -> None:
-        """Append a record to the MM core's MMI handler table (as MmiHandlerRegister does)."""
+    def _append_handler(self, handler: int, guid: uuid.UUID | None) -> int:
+        """Append a record to the MM core's MMI handler table (as MmiHandlerRegister does).
+
+        Returns the record's address (the DispatchHandle MmiHandlerRegister would give).
+        """
         table = self.image.constants["HANDLER_TABLE"]
         count, capacity = (int(v) for v in
                            struct.unpack("<QQ", self._memory.read(table, 16, smm=True)))
@@ -777,6 +780,7 @@ class Machine:
         self._memory.write(table + 0x10 + count * 0x20,
                            struct.pack("<QQ16s", flags, handler, guid_bytes), smm=True)
         self._memory.write(table, struct.pack("<Q", count + 1), smm=True)
+        return int(table + 0x10 + count * 0x20)
 
     def load_image(self, source: str | Path | bytes, *, standalone: bool = False,
                    name: str | None = None, dispatch: bool = True) -> LoadedImage:

@@ -83,6 +83,10 @@ class PhysicalMemory:
         self.smram = HostBuffer(self.smram_size)
 
     @property
+    def _smram_top(self) -> int:
+        return min(self.smram_end, self.dram_size)
+
+    @property
     def smram_end(self) -> int:
         """First address above SMRAM."""
         return self.smram_base + self.smram_size
@@ -125,6 +129,14 @@ class PhysicalMemory:
 
     def read(self, address: int, size: int, *, smm: bool) -> bytes:
         """Read physical memory; outside SMM, SMRAM bytes read as 0xFF (and are recorded)."""
+        end = address + size
+        # Fast paths: the range lies in DRAM, or in SMRAM that this access may see.
+        if address >= 0 and size >= 0 and end <= self.smram_base:
+            return bytes(self.dram.view[address:end])
+        if (size >= 0 and self.smram_base <= address and end <= self._smram_top
+                and (smm or not self.smram_closed)):
+            offset = address - self.smram_base
+            return bytes(self.smram.view[offset:offset + size])
         self._check(address, size)
         out = bytearray()
         for start, length, is_smram in self._pieces(address, size):
@@ -140,6 +152,15 @@ class PhysicalMemory:
 
     def write(self, address: int, data: bytes, *, smm: bool) -> None:
         """Write physical memory; outside SMM, writes to SMRAM are dropped (and recorded)."""
+        end = address + len(data)
+        if address >= 0 and end <= self.smram_base:
+            self.dram.view[address:end] = data
+            return
+        if self.smram_base <= address and end <= self._smram_top and (
+                smm or not self.smram_closed):
+            offset = address - self.smram_base
+            self.smram.view[offset:offset + len(data)] = data
+            return
         self._check(address, len(data))
         for start, length, is_smram in self._pieces(address, len(data)):
             chunk = data[start - address:start - address + length]

@@ -230,6 +230,23 @@ handle:
     assert q35.read_physical(0x120000, 8) == (0x6C).to_bytes(8, "little")
 
 
+def test_sw_dispatch_root_handler_is_registered_only_while_a_child_is(q35: Machine) -> None:
+    root = q35.sw_dispatch.root_handler
+    calls = q35.services.calls
+
+    q35.software_smi(0x6C)
+
+    assert (None, root) not in q35.handler_table()
+    assert calls.get("SwDispatch2 root MMI handler", 0) == 0
+
+    test_sw_dispatch_child_gets_the_dispatchers_copy_of_its_register_context(q35)
+
+    assert (None, root) in q35.handler_table()
+    before = calls["SwDispatch2 root MMI handler"]
+    q35.software_smi(0x6C)
+    assert calls["SwDispatch2 root MMI handler"] == before + 1
+
+
 def test_pcd_get_next_token_space_is_not_found_and_not_a_read(q35: Machine) -> None:
     # gBS->LocateProtocol(&gPcdProtocolGuid, NULL, &pcd); pcd->GetNextTokenSpace(&guid_ptr).
     source = """
@@ -291,3 +308,62 @@ out:
     assert finding.kind == "foreign-free"
     assert finding.message.startswith("gBS->FreePool(")
     assert "BadFree+0x" in finding.message
+
+
+# Handler for the zero-rest rule. Payload byte 0 = 1: fill Data[9 .. 9+0x3f00) with 0xAA
+# (a dirty, unaligned stretch of the SMRAM copy, far past MessageLength). Payload byte 0 = 2:
+# count the non-zero bytes in Data[8 .. 16 KiB - 24) and reply with that count (8 bytes).
+SCRIBBLER = f"""
+    sub rsp, 0x28
+    mov rax, rdx
+    lea rcx, [rip + handler]
+    lea rdx, [rip + guid]
+    lea r8, [rip + dispatch_handle]
+    call qword ptr [rax + 0xe0]
+    add rsp, 0x28
+    ret
+handler:
+    push rdi
+    cmp byte ptr [r8], 0x1
+    jne count
+    lea rdi, [r8 + 0x9]
+    mov ecx, 0x3f00
+    mov al, 0xaa
+    rep stosb
+    xor eax, eax
+    pop rdi
+    ret
+count:
+    lea rdi, [r8 + 0x8]
+    mov ecx, 0x3fe0
+    xor edx, edx
+next:
+    cmp byte ptr [rdi], 0x0
+    je zero
+    inc rdx
+zero:
+    inc rdi
+    dec ecx
+    jnz next
+    mov qword ptr [r8], rdx
+    mov qword ptr [r9], 0x8
+    xor eax, eax
+    pop rdi
+    ret
+guid:
+    .byte {GUID_BYTES}
+dispatch_handle:
+    .quad 0x0
+"""
+
+
+def test_smram_copy_past_the_request_is_zero_for_each_request(q35: Machine) -> None:
+    # edk2 StandaloneMmCore copies 24 + MessageLength bytes into its MMRAM copy and zeroes
+    # the rest of it (comm_protocols.md 4.2), so a handler never sees an earlier request.
+    assert q35.load_image(build_driver(SCRIBBLER), standalone=True).status == 0
+
+    assert q35.communicate(GUID, b"\x01").status == 0
+    reply = q35.communicate(GUID, b"\x02")
+
+    assert reply.status == 0
+    assert int.from_bytes(reply.data[:8], "little") == 0

@@ -456,9 +456,11 @@ copy_bytes:
     rep movsb
     ret
 
-# rdi = destination, rcx = byte count. Bytes up to an 8-byte boundary first: unaligned
-# qword stores take Unicorn's slow path (a 128 KiB clear from an odd address cost
-# ~0.9 ms more).
+# rdi = destination, rcx = byte count. Leaves the bytes zero, as edk2's ZeroMem does,
+# but stores only into 64-byte blocks that are not zero already. In Unicorn 2.1.4 every
+# guest store takes the notdirty slow path (about 60 ns; its RAM is never marked dirty)
+# while a load costs about 1 ns, and the comm-buffer copy is nearly all zero already.
+# Bytes up to an 8-byte boundary first: unaligned qword accesses take the slow path too.
 zero_bytes:
     cld
     xor eax, eax
@@ -473,6 +475,32 @@ zero_bytes_head:
     xchg rcx, rdx
     rep stosb
     mov rcx, rdx
+zero_bytes_block:
+    cmp rcx, 0x40
+    jb zero_bytes_tail
+    mov rdx, qword ptr [rdi]
+    or rdx, qword ptr [rdi + 0x8]
+    or rdx, qword ptr [rdi + 0x10]
+    or rdx, qword ptr [rdi + 0x18]
+    or rdx, qword ptr [rdi + 0x20]
+    or rdx, qword ptr [rdi + 0x28]
+    or rdx, qword ptr [rdi + 0x30]
+    or rdx, qword ptr [rdi + 0x38]
+    jz zero_bytes_next
+    mov qword ptr [rdi], rax
+    mov qword ptr [rdi + 0x8], rax
+    mov qword ptr [rdi + 0x10], rax
+    mov qword ptr [rdi + 0x18], rax
+    mov qword ptr [rdi + 0x20], rax
+    mov qword ptr [rdi + 0x28], rax
+    mov qword ptr [rdi + 0x30], rax
+    mov qword ptr [rdi + 0x38], rax
+zero_bytes_next:
+    add rdi, 0x40
+    sub rcx, 0x40
+    jmp zero_bytes_block
+zero_bytes_tail:
+    mov rdx, rcx
     shr rcx, 0x3
     rep stosq
     mov rcx, rdx

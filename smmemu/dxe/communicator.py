@@ -135,12 +135,15 @@ class MmCommunicator:
                 f"payload of {len(data)} bytes does not fit comm buffer {buffer_id}: "
                 f"{buffer.size} bytes hold at most {capacity} after the 24-byte header",
                 reason=CommError.COMM_BUFFER_TOO_SMALL.value, buffer_id=buffer_id)
-        self._memory.write_physical(buffer.address, bytes(buffer.size))
+        # Patina zeroes the whole buffer, then writes the header and the payload; no guest
+        # code runs in between, so one write of the final bytes is the same to the guest.
+        request = communicate_header(recipient, len(data)) + data
         self._memory.write_physical(buffer.address,
-                                    communicate_header(recipient, len(data)) + data)
+                                    request + bytes(buffer.size - len(request)))
         buffer.private_recipient = recipient
         buffer.private_message_length = len(data)
-        problem = self._header_problem(buffer)
+        problem = self._header_problem(
+            buffer, self._memory.read_physical(buffer.address, COMM_HEADER_SIZE))
         if problem is not None:
             raise CommBufferError(f"comm buffer {buffer_id} did not take the request: {problem}",
                                   reason=CommError.COMM_BUFFER_INIT_ERROR.value,
@@ -155,16 +158,20 @@ class MmCommunicator:
         return CommResult(
             status=int(status.ReturnStatus), data=whole[COMM_HEADER_SIZE:end],
             return_buffer_size=return_size, buffer=whole, smi=smi,
-            header_error=self._header_problem(buffer),
+            header_error=self._header_problem(buffer, whole),
         )
 
-    def _header_problem(self, buffer: CommunicateBuffer) -> str | None:
-        """Patina's ``verify_state_consistency``: the header must match the shadow copies."""
-        raw = self._memory.read_physical(buffer.address, COMM_HEADER_SIZE)
-        guid = uuid.UUID(bytes_le=raw[:16])
+    @staticmethod
+    def _header_problem(buffer: CommunicateBuffer, raw: bytes) -> str | None:
+        """Patina's ``verify_state_consistency``: the header must match the shadow copies.
+
+        ``raw`` holds the buffer's bytes from its start (at least the 24-byte header).
+        """
         length = int.from_bytes(raw[16:24], "little")
-        if guid != buffer.private_recipient:
-            return f"header GUID is {guid}, expected {buffer.private_recipient}"
+        recipient = buffer.private_recipient
+        if recipient is None or raw[:16] != recipient.bytes_le:
+            guid = uuid.UUID(bytes_le=bytes(raw[:16]))
+            return f"header GUID is {guid}, expected {recipient}"
         if length != buffer.private_message_length:
             return f"MessageLength is {length}, expected {buffer.private_message_length}"
         return None

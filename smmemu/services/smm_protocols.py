@@ -5,7 +5,11 @@
   core's own handler table) reads APM_CNT on every SMI and calls each
   registered DispatchFunction(DispatchHandle, Context, CommBuffer =
   EFI_MM_SW_CONTEXT {SwSmiCpuIndex, CommandPort, DataPort}, CommBufferSize),
-  as edk2's SmmSwDispatch2 driver does.
+  as edk2's SmmSwDispatch2 driver does. The root handler's record keeps its
+  place in the table but is active only while a child is registered: with no
+  child it would return EFI_WARN_INTERRUPT_SOURCE_PENDING having changed
+  nothing, and each call is a host call (a full stop of the CPU, about a sixth
+  of a round trip; docs/performance.md).
 * ``EFI_MM_CPU_PROTOCOL`` (PI Vol. 4, GUID eb346b97-...): ReadSaveState and
   WriteSaveState over the profile's save-state map, by
   ``EFI_MM_SAVE_STATE_REGISTER`` number.
@@ -55,6 +59,17 @@ class SwDispatch2:
         self.root_handler = mm.thunks.add("SwDispatch2 root MMI handler", self._root)
         self._sw_context = mm.pool(16)
         self._size = mm.pool(8)
+        self._root_record: int | None = None
+
+    def attach_root(self, record: int) -> None:
+        """Take the MM core handler-table ``record`` that holds the root handler."""
+        self._root_record = record
+        self._sync_root()
+
+    def _sync_root(self) -> None:
+        # Record flags (mm-core.md): bit 0 registered, bit 1 root handler.
+        if self._root_record is not None:
+            self._mm.memory.put_u64(self._root_record, 3 if self.registrations else 2)
 
     def _register(self, cpu: Cpu) -> int:
         function, context, out = cpu.argument(1), cpu.argument(2), cpu.argument(3)
@@ -78,6 +93,7 @@ class SwDispatch2:
         copy = self._mm.pool(8)
         mem.put_u64(copy, value)
         self.registrations.append(_SwRegistration(handle, function, copy, value))
+        self._sync_root()
         mem.put_u64(out, handle)
         return EfiStatus.SUCCESS
 
@@ -86,6 +102,7 @@ class SwDispatch2:
         for registration in self.registrations:
             if registration.handle == handle:
                 self.registrations.remove(registration)
+                self._sync_root()
                 return EfiStatus.SUCCESS
         return EfiStatus.INVALID_PARAMETER
 

@@ -193,9 +193,14 @@ def _low32(value: int) -> int:
     return value & 0xFFFF_FFFF
 
 
-# Offsets come from the ctypes mirrors, so the layout is stated once.
-_A = Amd64SaveStateMap.offset_of
-_I = Intel64SaveStateMap.offset_of
+def _offsets(struct_type: type[Amd64SaveStateMap | Intel64SaveStateMap]) -> dict[str, int]:
+    return {name: struct_type.offset_of(name) for name, *_ in struct_type._fields_}
+
+
+# Offsets come from the ctypes mirrors, so the layout is stated once; looked up in a
+# dict because SMI entry and RSM read them on every SMI.
+_A = _offsets(Amd64SaveStateMap).__getitem__
+_I = _offsets(Intel64SaveStateMap).__getitem__
 _AMD_SEGMENTS = struct.Struct("<" + "HHIQ" * 6)
 _AMD_SYSTEM = struct.Struct("<HHIQ")
 _AMD_TABLE = struct.Struct("<IQ")
