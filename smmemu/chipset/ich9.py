@@ -51,9 +51,15 @@ PM1_CNT_SCI_EN = 1 << 0
 PM_BLOCK_SIZE = 0x80
 APM_ACPI_ENABLE = 0x02
 APM_ACPI_DISABLE = 0x03
-_QEMU_SMI_STS_WMASK = SmiSts.SWSMI_TMR_STS | SmiSts.PERIODIC_STS
-_SOURCES = ((SmiSts.APM_STS, SmiEn.APMC_EN), (SmiSts.SWSMI_TMR_STS, SmiEn.SWSMI_TMR_EN),
-            (SmiSts.PERIODIC_STS, SmiEn.PERIODIC_EN))
+# Plain-int copies of the bits for the per-SMI paths (IntFlag operators cost ~1 us each).
+_GBL_SMI_EN = int(SmiEn.GBL_SMI_EN)
+_EOS = int(SmiEn.EOS)
+_SWSMI_TMR_EN = int(SmiEn.SWSMI_TMR_EN)
+_PERIODIC_EN = int(SmiEn.PERIODIC_EN)
+_QEMU_SMI_STS_WMASK = int(SmiSts.SWSMI_TMR_STS | SmiSts.PERIODIC_STS)
+_SOURCES = tuple((int(status), int(enable)) for status, enable in (
+    (SmiSts.APM_STS, SmiEn.APMC_EN), (SmiSts.SWSMI_TMR_STS, SmiEn.SWSMI_TMR_EN),
+    (SmiSts.PERIODIC_STS, SmiEn.PERIODIC_EN)))
 
 
 def _merge(old: int, offset: int, size: int, value: int, reg_offset: int) -> int:
@@ -86,16 +92,16 @@ class Ich9PmBlock:
         Returns True when SMI# was asserted.
         """
         if self._profile.apm_sets_smi_sts or status is not SmiSts.APM_STS:
-            self.smi_sts |= status
-        if not self.smi_en & enable:
+            self.smi_sts |= int(status)
+        if not self.smi_en & int(enable):
             return False
         if self._profile.eos_gating:
-            if not self.smi_en & SmiEn.GBL_SMI_EN:
+            if not self.smi_en & _GBL_SMI_EN:
                 return False
             if not self._line_free:
                 return False
             self._line_free = False
-            self.smi_en &= ~SmiEn.EOS
+            self.smi_en &= ~_EOS
         self.smis_raised += 1
         self._raise_smi()
         return True
@@ -108,15 +114,15 @@ class Ich9PmBlock:
         """
         self._line_free = True
         if self._profile.eos_gating:
-            self.smi_en |= SmiEn.EOS
+            self.smi_en |= _EOS
 
     def _on_eos_set(self) -> None:
         self._line_free = True
         pending = any(self.smi_sts & status and self.smi_en & enable
                       for status, enable in _SOURCES)
-        if pending and self.smi_en & SmiEn.GBL_SMI_EN:
+        if pending and self.smi_en & _GBL_SMI_EN:
             self._line_free = False
-            self.smi_en &= ~SmiEn.EOS
+            self.smi_en &= ~_EOS
             self.smis_raised += 1
             self._raise_smi()
 
@@ -137,8 +143,8 @@ class Ich9PmBlock:
             if self._smi_locked():
                 # GEN_PMCON_1.SMI_LOCK: GBL_SMI_EN is no longer writable
                 # (QEMU ich9_lpc_pmcon_update).
-                new = (new & ~SmiEn.GBL_SMI_EN) | (self.smi_en & SmiEn.GBL_SMI_EN)
-            eos_set = bool(new & SmiEn.EOS) and self._profile.eos_gating
+                new = (new & ~_GBL_SMI_EN) | (self.smi_en & _GBL_SMI_EN)
+            eos_set = bool(new & _EOS) and self._profile.eos_gating
             old, self.smi_en = self.smi_en, new
             self._on_smi_en(old, new)
             if eos_set:
@@ -220,13 +226,13 @@ class SmiTimers:
     def on_smi_en(self, old: int, new: int) -> None:
         """Arm or disarm the timers when software writes SMI_EN."""
         pmcon1, pmcon3 = self._gen_pmcon()
-        if new & SmiEn.SWSMI_TMR_EN and not old & SmiEn.SWSMI_TMR_EN:
+        if new & _SWSMI_TMR_EN and not old & _SWSMI_TMR_EN:
             self.swsmi_deadline = self.now + SWSMI_PERIODS_NS[(pmcon3 >> 6) & 3]
-        elif not new & SmiEn.SWSMI_TMR_EN:
+        elif not new & _SWSMI_TMR_EN:
             self.swsmi_deadline = None
-        if new & SmiEn.PERIODIC_EN and not old & SmiEn.PERIODIC_EN:
+        if new & _PERIODIC_EN and not old & _PERIODIC_EN:
             self.periodic_deadline = self.now + PERIODIC_PERIODS_NS[pmcon1 & 3]
-        elif not new & SmiEn.PERIODIC_EN:
+        elif not new & _PERIODIC_EN:
             self.periodic_deadline = None
 
     def advance(self, now: int) -> None:
@@ -247,6 +253,6 @@ class SmiTimers:
                 self.periodic_deadline = moment + PERIODIC_PERIODS_NS[pmcon1 & 3]
                 self.fired.append((moment, "periodic"))
                 if self._profile.smi_sts_write is SmiStsWrite.QEMU_MASKED:
-                    self._pm.smi_sts = SmiSts.PERIODIC_STS
+                    self._pm.smi_sts = int(SmiSts.PERIODIC_STS)
                 self._pm.request_smi(SmiSts.PERIODIC_STS, SmiEn.PERIODIC_EN)
         self.now = max(self.now, now)
