@@ -32,7 +32,7 @@ from typing import Protocol
 from smmemu.chipset.bus import PortBus
 from smmemu.engine import Engine, RunFault
 from smmemu.memory import PhysicalMemory, SmramAccess
-from smmemu.profiles import Profile
+from smmemu.profiles import Profile, SaveStateKind
 from smmemu.results import FaultRecord, Finding, SmiRecord, SmiResult, StopReason
 from smmemu.smm import context
 from smmemu.smm.delivery import GateError, plan_delivery, translate
@@ -141,7 +141,13 @@ class _SmiFrame:
 
     record: SmiRecord
     interrupted: bytes
-    entry_image: RestoreImage
+    halted: bool
+    """The map's AutoHALTRestart bit was set at entry (Intel map, SMI taken in HLT)."""
+
+    @property
+    def entry_image(self) -> RestoreImage:
+        """What RSM would restore from the map as the CPU wrote it at entry."""
+        return read_restore_image(self.record.kind, self.record.raw_save_state, 0)
 
 
 @dataclass(slots=True)
@@ -691,7 +697,7 @@ class Cpu:
         record = SmiRecord(index=self.smi_count, smbase=self.smbase, kind=kind,
                            raw_save_state=raw)
         self._run.smis.append(record)
-        self._frame = _SmiFrame(record, interrupted, read_restore_image(kind, raw, 0))
+        self._frame = _SmiFrame(record, interrupted, halted and kind is SaveStateKind.INTEL64)
         self.smi_count += 1
         engine.restore_context(context.entry_blob(self.layout, interrupted,
                                                   self._template(self.smbase)))
@@ -721,7 +727,11 @@ class Cpu:
         if frame is None:
             self._finish(StopReason.SHUTDOWN, "RSM without an SMI frame")
             return 0
-        image = read_restore_image(self._profile.save_state, *self._save_state_view())
+        view, offset = self._save_state_view()
+        raw = frame.record.raw_save_state
+        if view[offset:offset + len(raw)] == raw:
+            return self._rsm_unchanged(frame)
+        image = read_restore_image(self._profile.save_state, view, offset)
         reason = _shutdown_reason(image)
         if reason is not None:
             self._run.findings.append(Finding("rsm-shutdown", reason))
@@ -752,6 +762,42 @@ class Cpu:
         elif before.auto_halt_restart & 1 and image.auto_halt_restart & 1:
             # Auto-HALT restart left set: the CPU returns to the HLT state (an SMI or an
             # unblocked NMI wakes it again).
+            if self._smi_pending:
+                return self._enter_smm(halted=True)
+            if self.nmi_pending and not self.nmi_masked:
+                self._deliver_nmi(rip)
+                return self.engine.reg("rip")
+            self._finish(StopReason.HALTED, "")
+            self.halted = True
+            return 0
+        if self._smi_pending:
+            return self._enter_smm()
+        if self.nmi_pending and not self.nmi_masked:
+            self._deliver_nmi(rip)
+            return self.engine.reg("rip")
+        return rip
+
+    def _rsm_unchanged(self, frame: _SmiFrame) -> int:
+        """RSM from a map SMM left as the CPU wrote it: back to the interrupted state.
+
+        The map then holds exactly the interrupted GPRs, RIP, control registers and
+        segments, so RSM's consistency checks pass (the CPU ran in that state) and
+        nothing needs re-deriving; state RSM does not restore stays as SMM left it.
+        """
+        engine = self.engine
+        engine.restore_context(context.rsm_blob(self.layout, engine.save_context(),
+                                                frame.interrupted))
+        engine.flush_tlb()
+        frame.record.rsm = True
+        self._frame = None
+        self.in_smm = False
+        self.smram.close()
+        if not self._smm_inside_nmi:
+            self.nmi_masked = False
+        rip = int(_Q.unpack_from(frame.interrupted, self.layout.eip)[0])
+        self._notify("rsm", rip)
+        if frame.halted:
+            # Auto-HALT restart left set (Intel map): back to the HLT state.
             if self._smi_pending:
                 return self._enter_smm(halted=True)
             if self.nmi_pending and not self.nmi_masked:

@@ -100,10 +100,11 @@ def entry_blob(layout: ContextLayout, interrupted: bytes, template: bytes) -> by
 
 
 def rsm_blob(layout: ContextLayout, current: bytes, interrupted: bytes,
-             gprs: tuple[int, ...], rip: int) -> bytearray:
+             gprs: tuple[int, ...] | None = None, rip: int | None = None) -> bytearray:
     """The context RSM returns to: ``interrupted`` where RSM restores state, ``current`` elsewhere.
 
-    ``gprs`` and ``rip`` are the values RSM reads from the save-state map.
+    ``gprs`` and ``rip`` are the values RSM reads from the save-state map (None: the
+    map still holds the interrupted ones).
     """
     blob = bytearray(current)
     _copy(blob, interrupted, layout.regs, layout.hflags2 + 4)
@@ -112,8 +113,10 @@ def rsm_blob(layout: ContextLayout, current: bytes, interrupted: bytes,
     _copy(blob, interrupted, layout.cr_offset(3), layout.cr_offset(5))
     _copy(blob, interrupted, layout.efer, layout.efer + 8)
     _copy(blob, interrupted, layout.dr_offset(6), layout.dr_offset(8))
-    _GPRS.pack_into(blob, layout.regs, *gprs)
-    _Q.pack_into(blob, layout.eip, rip & 0xFFFF_FFFF_FFFF_FFFF)
+    if gprs is not None:
+        _GPRS.pack_into(blob, layout.regs, *gprs)
+    if rip is not None:
+        _Q.pack_into(blob, layout.eip, rip & 0xFFFF_FFFF_FFFF_FFFF)
     return blob
 
 
