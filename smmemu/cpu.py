@@ -940,7 +940,7 @@ class Cpu:
     def _translate(self, linear: int, cr0: int, cr3: int) -> int | None:
         if not cr0 & (1 << 31):
             return linear & 0xFFFF_FFFF
-        return translate(lambda a, n: self._memory.read(a, n, smm=True), cr3, linear)
+        return translate(self._memory.qword, cr3, linear)
 
     def _read_code_paged(self, linear: int, size: int, cr0: int, cr3: int) -> bytes:
         physical = self._translate(linear, cr0, cr3)

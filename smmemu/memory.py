@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import struct
 from dataclasses import dataclass, field
 
 from smmemu.errors import MemoryAccessError
+
+_QWORD = struct.Struct("<Q")
 
 __all__ = ["HostBuffer", "PhysicalMemory", "SmramAccess"]
 
@@ -149,6 +152,14 @@ class PhysicalMemory:
             else:
                 out += self.dram.view[start:start + length]
         return bytes(out)
+
+    def qword(self, address: int) -> int:
+        """The little-endian u64 at ``address`` as SMM sees it (page-table walks)."""
+        if 0 <= address <= self.smram_base - 8:
+            return int(_QWORD.unpack_from(self.dram.view, address)[0])
+        if self.smram_base <= address <= self._smram_top - 8:
+            return int(_QWORD.unpack_from(self.smram.view, address - self.smram_base)[0])
+        return int.from_bytes(self.read(address, 8, smm=True), "little")
 
     def write(self, address: int, data: bytes, *, smm: bool) -> None:
         """Write physical memory; outside SMM, writes to SMRAM are dropped (and recorded)."""

@@ -234,11 +234,11 @@ class Target:
         if not engine.reg("efer") & _EFER_LMA:
             return None  # legacy 32-bit paging: no MM core or smmemu code uses it
 
-        def read(address: int, size: int) -> bytes:
-            return self.machine.read_physical(address, size, smm=True)
+        def read_qword(address: int) -> int:
+            return int.from_bytes(self.machine.read_physical(address, 8, smm=True), "little")
 
         try:
-            return translate(read, engine.reg("cr3"), linear & _MASK64)
+            return translate(read_qword, engine.reg("cr3"), linear & _MASK64)
         except SmmemuError:
             return None
 

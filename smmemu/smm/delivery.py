@@ -21,18 +21,21 @@ ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
 _IF, _TF, _NT, _RF = 1 << 9, 1 << 8, 1 << 14, 1 << 16
 
 ReadPhys = Callable[[int, int], bytes]
+ReadQword = Callable[[int], int]
 
 
 class GateError(Exception):
     """The IDT has no usable gate for the vector: the CPU would shut down."""
 
 
-def translate(read: ReadPhys, cr3: int, linear: int) -> int | None:
-    """Walk 4-level page tables: the physical address of ``linear``, or None if not present."""
+def translate(read_qword: ReadQword, cr3: int, linear: int) -> int | None:
+    """Walk 4-level page tables: the physical address of ``linear``, or None if not present.
+
+    ``read_qword(physical)`` reads one page-table entry.
+    """
     table = cr3 & 0x000F_FFFF_FFFF_F000
     for level, shift in enumerate((39, 30, 21, 12)):
-        index = (linear >> shift) & 0x1FF
-        entry = int(struct.unpack("<Q", read(table + index * 8, 8))[0])
+        entry = read_qword(table + ((linear >> shift) & 0x1FF) * 8)
         if not entry & 1:
             return None
         frame = entry & 0x000F_FFFF_FFFF_F000
