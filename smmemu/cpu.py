@@ -237,6 +237,7 @@ class Cpu:
         self._quantum_end = 0
         self._preempted = False
         self._install_hooks()
+        self._preemptive = preemptive
         if preemptive:
             self.engine.on_block(self._on_block)
 
@@ -393,6 +394,12 @@ class Cpu:
                 self.engine.stop()
                 return True
             if self._code_in_context(blob, rip, 2) == _RSM_OPCODE:
+                frame = self._frame
+                if frame is not None and self._rsm_in_hook_allowed(frame):
+                    # Execution carries on from the restored context in this same run
+                    # (unicorn_probe.md row 6): one emu_start less per SMI.
+                    self._rsm_unchanged(frame)
+                    return True
                 self._rsm_requested = True
                 self.engine.stop()
                 return True
@@ -776,6 +783,20 @@ class Cpu:
             self._deliver_nmi(rip)
             return self.engine.reg("rip")
         return rip
+
+    def _rsm_in_hook_allowed(self, frame: _SmiFrame) -> bool:
+        """Whether RSM can complete inside the #UD hook instead of after a stop.
+
+        Only the plain case: nobody observes or steps the CPU, no block hook
+        preempts it, nothing is pending that RSM would act on, the map is as the
+        CPU wrote it and the CPU returns to running code (not to HLT).
+        """
+        if (self.observer is not None or self._counting or self._preemptive
+                or self._smi_pending or self.nmi_pending or frame.halted):
+            return False
+        view, offset = self._save_state_view()
+        raw = frame.record.raw_save_state
+        return view[offset:offset + len(raw)] == raw
 
     def _rsm_unchanged(self, frame: _SmiFrame) -> int:
         """RSM from a map SMM left as the CPU wrote it: back to the interrupted state.

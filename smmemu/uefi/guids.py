@@ -7,6 +7,7 @@ reference/comm_protocols.md 1.2.
 
 from __future__ import annotations
 
+import functools
 import uuid
 
 from smmemu.errors import GuidError
@@ -66,11 +67,20 @@ def parse_guid(value: uuid.UUID | str) -> uuid.UUID:
     if isinstance(value, uuid.UUID):
         return value
     if isinstance(value, str):
-        text = value.strip().strip("{}")
-        if len(text) == 36 and text.count("-") == 4:
-            try:
-                return uuid.UUID(text)
-            except ValueError:
-                pass
+        parsed = _parse_text(value)
+        if parsed is not None:
+            return parsed
     raise GuidError(f"malformed GUID {value!r} (expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)",
                     value=value)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_text(value: str) -> uuid.UUID | None:
+    """The GUID in ``value``, or None; cached, as callers send the same GUIDs over and over."""
+    text = value.strip().strip("{}")
+    if len(text) == 36 and text.count("-") == 4:
+        try:
+            return uuid.UUID(text)
+        except ValueError:
+            return None
+    return None
