@@ -51,13 +51,16 @@ __all__ = ["Cpu", "CpuObserver", "FaultDecoder", "HostCallHandler", "RunState"]
 
 log = logging.getLogger(__name__)
 
-_NON_SMM_UNTIL = 0x0009_F000
-"""``until`` for non-SMM runs: a DRAM page no code occupies, mapped in the non-SMM tables.
+_UNTIL_BELOW_SMRAM_END = 0x1000
+"""``until`` for every run: the top page of SMRAM, which no code occupies and which both
+worlds map (the MM core maps all of SMRAM; the non-SMM tables identity-map 4 GiB).
 
 Runs end by hooks or ``hlt``, never at ``until``. After every run Unicorn
 invalidates the translation block holding ``until - 1``; that lookup walks the
-guest page tables, and an unmapped address there raises a silent #PF that sets
-CR2 and QEMU's ``old_exception`` (so the next real fault turns into #DF). An
+guest page tables *of the world the run ended in*, and an unmapped address there
+raises a silent #PF that sets CR2 and QEMU's ``old_exception`` (so the next real
+fault turns into #DF). A run that enters SMM or executes RSM inside a hook ends in
+the other world than it began, so the address must be mapped in both. An
 ``until`` inside translated code forces re-translation (unicorn_probe.md row 12).
 """
 _CR0_ENTRY_CLEAR = (1 << 0) | (1 << 31) | (1 << 2) | (1 << 3)
@@ -380,6 +383,12 @@ class Cpu:
             self.engine.stop()
             return
         if self._smi_pending:
+            if self._entry_in_hook_allowed(address):
+                # SMI entry before this instruction, in this same run: the entry context
+                # is loaded and writing RIP makes Unicorn leave the current block and
+                # continue there (unicorn_probe.md row 6 does the same for RSM).
+                self.engine.set_reg("rip", self._enter_smm())
+                return
             self.engine.stop()
             return
         self._last_insn = address
@@ -638,8 +647,8 @@ class Cpu:
         return 0
 
     def _until(self) -> int:
-        """A mapped, never-executed address for the current world (see ``_NON_SMM_UNTIL``)."""
-        return self._memory.smram_end - 0x1000 if self.in_smm else _NON_SMM_UNTIL
+        """A never-executed address mapped in both worlds (see ``_UNTIL_BELOW_SMRAM_END``)."""
+        return self._memory.smram_end - _UNTIL_BELOW_SMRAM_END
 
     def _stepped_onto_hlt(self) -> bool:
         """Whether the single-stepped instruction was ``hlt`` (the run then ends)."""
@@ -783,6 +792,16 @@ class Cpu:
             self._deliver_nmi(rip)
             return self.engine.reg("rip")
         return rip
+
+    def _entry_in_hook_allowed(self, address: int) -> bool:
+        """Whether a pending SMI can be entered inside the code hook instead of after a stop.
+
+        Not when another code hook covers ``address``: it would run after this one,
+        already in SMM, for an instruction the CPU never executes there.
+        """
+        return not (self.observer is not None or self._counting or self._preemptive
+                    or self.in_smm or self.state is not RunState.RUNNING
+                    or self.engine.code_hooks_at(address) > 1)
 
     def _rsm_in_hook_allowed(self, frame: _SmiFrame) -> bool:
         """Whether RSM can complete inside the #UD hook instead of after a stop.

@@ -336,6 +336,7 @@ class Engine:
         self._uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self._ctx: UcContext = self._uc.context_save()
         self._hooks: list[int] = []
+        self._code_ranges: dict[int, tuple[int, int]] = {}
         # Register fast path: uc_reg_read/uc_reg_write on one preallocated u64 cost about
         # 0.5 us against 2 us through the binding's per-register class lookup (every
         # register in _REGS is a plain integer to Unicorn).
@@ -536,7 +537,12 @@ class Engine:
 
         handle = self._uc.hook_add(UC_HOOK_CODE, hook, None, begin, end)
         self._hooks.append(handle)
+        self._code_ranges[int(handle)] = (begin, end)
         return int(handle)
+
+    def code_hooks_at(self, address: int) -> int:
+        """How many code hooks cover the linear ``address``."""
+        return sum(1 for begin, end in self._code_ranges.values() if begin <= address <= end)
 
     def on_block(self, callback: Callable[[int, int], None]) -> None:
         """Call ``callback(address, size)`` before every basic block (slow: about 0.5 us each).
@@ -583,6 +589,7 @@ class Engine:
         """Remove a hook returned by :meth:`on_memory_access` or :meth:`on_code`."""
         self._uc.hook_del(handle)
         self._hooks.remove(handle)
+        self._code_ranges.pop(handle, None)
 
     # -- running ----------------------------------------------------------
     def run(self, rip: int, until: int, count: int = 0) -> None:
@@ -609,3 +616,4 @@ class Engine:
         for handle in self._hooks:
             self._uc.hook_del(handle)
         self._hooks.clear()
+        self._code_ranges.clear()

@@ -23,6 +23,23 @@ def test_item01_smi_taken_at_instruction_boundary_after_the_out(machine: Machine
     assert result.registers["rbx"] == 0x1234
 
 
+# mov rdi, 0x30000 ; mov al, 0x42 ; out 0xb2, al ; inc qword ptr [rdi] ; hlt
+OUT_THEN_INCREMENT = bytes.fromhex("48c7c700000300 b042 e6b2 48ff07 f4")
+
+
+def test_item01_instruction_after_the_out_runs_once_and_only_after_rsm(
+        machine: Machine) -> None:
+    machine.write_physical(0x3_0000, bytes(8))
+    machine.write_physical(0x0, bytes(8))
+
+    result = machine.run_guest(OUT_THEN_INCREMENT, address=CODE_ADDRESS)
+
+    assert result.ok and len(result.smis) == 1
+    assert result.smis[0].save_state["rip"] == CODE_ADDRESS + 11
+    assert machine.read_physical(0x3_0000, 8) == (1).to_bytes(8, "little")
+    assert machine.read_physical(0x0, 8) == bytes(8)  # [di] in the entry state: never touched
+
+
 def test_item05_save_state_holds_interrupted_registers_at_profile_offsets(machine: Machine) -> None:
     regs = {name: 0x1111_0000_0000_0000 + index for index, name in enumerate(
         ("rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
