@@ -69,6 +69,11 @@ _UC_HOOK_MEM_WRITE: Final = uc_const.UC_HOOK_MEM_WRITE
 _UC_CTL_TLB_FLUSH: Final = uc_const.UC_CTL_TLB_FLUSH
 _UC_CTL_TB_FLUSH: Final = uc_const.UC_CTL_TB_FLUSH
 _UC_CTL_IO_WRITE: Final = uc_const.UC_CTL_IO_WRITE
+# uc_ctl control words as UC_CTL_WRITE(type, nargs) in unicorn.h builds them, for the
+# per-SMI controls called directly (the binding's generic ctl costs about 2 us more).
+_CTL_TLB_FLUSH_WORD: Final = (_UC_CTL_IO_WRITE << 30) | uc_const.UC_CTL_TLB_FLUSH
+_CTL_REMOVE_CACHE_WORD: Final = ((_UC_CTL_IO_WRITE << 30) | (2 << 26)
+                                 | uc_const.UC_CTL_TB_REMOVE_CACHE)
 
 
 class Prot(enum.IntFlag):
@@ -385,7 +390,10 @@ class Engine:
 
     def invalidate_code(self, begin: int, end: int) -> None:
         """Drop translated code for [begin, end); needed after the host rewrites code."""
-        self._uc.ctl_remove_cache(begin, end)
+        status = _uclib.uc_ctl(self._handle, _CTL_REMOVE_CACHE_WORD,
+                               ctypes.c_uint64(begin), ctypes.c_uint64(end))
+        if status:
+            raise UcError(status)
 
     def flush_translations(self) -> None:
         """Drop every translated block (about 50 us, then re-translation).
@@ -397,7 +405,9 @@ class Engine:
 
     def flush_tlb(self) -> None:
         """Flush the software TLB (after a context restore that changed paging)."""
-        self._uc.ctl(_UC_CTL_TLB_FLUSH, _UC_CTL_IO_WRITE)
+        status = _uclib.uc_ctl(self._handle, _CTL_TLB_FLUSH_WORD)
+        if status:
+            raise UcError(status)
 
     # -- registers --------------------------------------------------------
     def reg(self, name: str) -> int:
