@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint type check firmware firmware-drivers bench clean
+.PHONY: demo test lint type check firmware firmware-drivers bench bench-host-floor clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ firmware-drivers:
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# The least host work a faithful SMI round trip needs, on bare Unicorn (bench/README.md).
+bench-host-floor: $(STAMP)
+	$(BIN)/python bench/host_floor.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
