@@ -730,8 +730,9 @@ class Cpu:
     def _io_trap_for(self, snap: CpuSnapshot) -> IoTrap | None:
         """Complete the pending I/O trap: was the OUT/IN the DX or the immediate form?"""
         trap = self._io_trap
-        if trap is None:
-            return None
+        if trap is None or self._profile.save_state is SaveStateKind.AMD64:
+            # The AMD64 map's IO_DWord does not tell the two forms apart.
+            return trap
         code = self._read_code_paged(trap.rip, 2, snap.cr0, snap.cr3)
         opcode = code[1] if code[:1] == b"\x66" else (code[0] if code else 0)
         return IoTrap(trap.port, trap.size, trap.is_in, opcode in (0xEC, 0xED, 0xEE, 0xEF),
