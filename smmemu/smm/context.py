@@ -43,6 +43,8 @@ def _write_segment(layout: ContextLayout, blob: bytearray, name: str, seg: Segme
 _GPRS = struct.Struct("<16Q")
 _CACHES = struct.Struct("<" + "I4xQII" * 10)
 _Q = struct.Struct("<Q")
+_CR034 = struct.Struct("<Q16xQQ")  # cr[0], cr[3], cr[4] of CPUX86State.cr[5]
+_DR67 = struct.Struct("<QQ")  # dr[6], dr[7]
 
 
 def snapshot(layout: ContextLayout, blob: bytes, *, rflags: int) -> CpuSnapshot:
@@ -50,18 +52,16 @@ def snapshot(layout: ContextLayout, blob: bytes, *, rflags: int) -> CpuSnapshot:
 
     ``rflags`` must come from the register API: QEMU keeps the arithmetic flags
     lazily outside the EFLAGS field. The ten segment and table caches (ES..GS,
-    LDTR, TR, GDTR, IDTR) are contiguous in CPUX86State.
+    LDTR, TR, GDTR, IDTR) are contiguous in CPUX86State; their selectors are
+    16-bit values QEMU keeps in 32-bit fields.
     """
-    flat = _CACHES.unpack_from(blob, layout.segs)
-    caches = tuple((flat[i] & 0xFFFF, flat[i + 1], flat[i + 2], flat[i + 3])
-                   for i in range(0, 40, 4))
-    cr = layout.cr
+    fields = iter(_CACHES.unpack_from(blob, layout.segs))
+    cr0, cr3, cr4 = _CR034.unpack_from(blob, layout.cr)
+    dr6, dr7 = _DR67.unpack_from(blob, layout.dr_offset(6))
     return CpuSnapshot(
-        gprs=_GPRS.unpack_from(blob, layout.regs), rip=_Q.unpack_from(blob, layout.eip)[0],
-        rflags=rflags, cr0=_Q.unpack_from(blob, cr)[0], cr3=_Q.unpack_from(blob, cr + 24)[0],
-        cr4=_Q.unpack_from(blob, cr + 32)[0], efer=_Q.unpack_from(blob, layout.efer)[0],
-        dr6=_Q.unpack_from(blob, layout.dr_offset(6))[0],
-        dr7=_Q.unpack_from(blob, layout.dr_offset(7))[0], caches=caches,
+        _GPRS.unpack_from(blob, layout.regs), _Q.unpack_from(blob, layout.eip)[0], rflags,
+        cr0, cr3, cr4, _Q.unpack_from(blob, layout.efer)[0], dr6, dr7,
+        tuple(zip(fields, fields, fields, fields, strict=True)),
     )
 
 

@@ -22,6 +22,7 @@ Segment attributes in the AMD64 map use QEMU's encoding
 from __future__ import annotations
 
 import ctypes
+import operator
 import struct
 from dataclasses import dataclass
 
@@ -210,6 +211,9 @@ _OCTO = struct.Struct("<8Q")
 _AMD_HIGH_GPRS = (15, 14, 13, 12, 11, 10, 9, 8)
 _AMD_LOW_GPRS = (7, 6, 5, 4, 3, 2, 1, 0)  # RDI RSI RBP RSP RBX RDX RCX RAX
 _INTEL_LOW_GPRS = (0, 1, 2, 3, 4, 5, 6, 7)  # RAX RCX RDX RBX RSP RBP RSI RDI
+_AMD_HIGH_PICK = operator.itemgetter(*_AMD_HIGH_GPRS)
+_AMD_LOW_PICK = operator.itemgetter(*_AMD_LOW_GPRS)
+_INTEL_LOW_PICK = operator.itemgetter(*_INTEL_LOW_GPRS)
 _INTEL_SELECTORS = struct.Struct("<8I")
 _INTEL_TAIL = struct.Struct("<7Q")  # DR7 DR6 RIP IA32_EFER RFLAGS CR3 CR0
 
@@ -217,27 +221,29 @@ _INTEL_TAIL = struct.Struct("<7Q")  # DR7 DR6 RIP IA32_EFER RFLAGS CR3 CR0
 def _write_amd64(view: memoryview, o: int, snap: CpuSnapshot, smbase: int, revision: int,
                  io: IoTrap | None) -> None:
     caches = snap.caches
-    values: list[int] = []
-    for selector, base, limit, flags in caches[:6]:
-        values += (selector, attributes_from_flags(flags), limit, base)
-    _AMD_SEGMENTS.pack_into(view, o + _A("ESSelector"), *values)
+    # attributes_from_flags, inlined: this runs on every SMI.
+    _AMD_SEGMENTS.pack_into(view, o + _A("ESSelector"), *(
+        value for selector, base, limit, flags in caches[:6]
+        for value in (selector, (flags >> 8) & 0xF0FF, limit, base)))
     for index, field_name in ((6, "LDTRSelector"), (7, "TRSelector")):
         selector, base, limit, flags = caches[index]
-        _AMD_SYSTEM.pack_into(view, o + _A(field_name), selector, attributes_from_flags(flags),
+        _AMD_SYSTEM.pack_into(view, o + _A(field_name), selector, (flags >> 8) & 0xF0FF,
                               limit, base)
     _AMD_TABLE.pack_into(view, o + _A("GDTRLimit"), caches[8][2], caches[8][1])
     _AMD_TABLE.pack_into(view, o + _A("IDTRLimit"), caches[9][2], caches[9][1])
     _U64.pack_into(view, o + _A("EFER"), snap.efer)
     _PAIR32.pack_into(view, o + _A("SMMRevId"), revision, smbase)
     # QEMU's 4-byte stores into 8-byte slots: the upper halves keep SMRAM's old bytes.
-    for field_name, value in (("CR4", snap.cr4), ("CR0", snap.cr0), ("DR7", snap.dr7),
-                              ("DR6", snap.dr6), ("RFLAGS", snap.rflags)):
-        _U32.pack_into(view, o + _A(field_name), _low32(value))
+    _U32.pack_into(view, o + _A("CR4"), snap.cr4 & 0xFFFF_FFFF)
+    _U32.pack_into(view, o + _A("CR0"), snap.cr0 & 0xFFFF_FFFF)
+    _U32.pack_into(view, o + _A("DR7"), snap.dr7 & 0xFFFF_FFFF)
+    _U32.pack_into(view, o + _A("DR6"), snap.dr6 & 0xFFFF_FFFF)
+    _U32.pack_into(view, o + _A("RFLAGS"), snap.rflags & 0xFFFF_FFFF)
     _U64.pack_into(view, o + _A("CR3"), snap.cr3)
     _U64.pack_into(view, o + _A("RIP"), snap.rip)
     gprs = snap.gprs
-    _OCTO.pack_into(view, o + _A("R15"), *(gprs[i] for i in _AMD_HIGH_GPRS))
-    _OCTO.pack_into(view, o + _A("RDI"), *(gprs[i] for i in _AMD_LOW_GPRS))
+    _OCTO.pack_into(view, o + _A("R15"), *_AMD_HIGH_PICK(gprs))
+    _OCTO.pack_into(view, o + _A("RDI"), *_AMD_LOW_PICK(gprs))
     if io is not None:
         # AMD IO_DWord: bit 0 IN, bit 1 valid, bits 4/5 byte/word, port in 31:16
         # (edk2 UefiCpuPkg/Library/MmSaveStateLib/AmdMmSaveState.c).
@@ -260,8 +266,8 @@ def _write_intel64(view: memoryview, o: int, snap: CpuSnapshot, smbase: int, rev
     # I/O restart is armed by the handler; auto-HALT restart is set when the SMI woke a HLT.
     struct.pack_into("<HH", view, o + _I("IORestart"), 0, int(halted))
     gprs = snap.gprs
-    _OCTO.pack_into(view, o + _I("R15"), *(gprs[i] for i in _AMD_HIGH_GPRS))
-    _OCTO.pack_into(view, o + _I("RAX"), *(gprs[i] for i in _INTEL_LOW_GPRS))
+    _OCTO.pack_into(view, o + _I("R15"), *_AMD_HIGH_PICK(gprs))
+    _OCTO.pack_into(view, o + _I("RAX"), *_INTEL_LOW_PICK(gprs))
     _INTEL_SELECTORS.pack_into(view, o + _I("ES"), *(caches[i][0] for i in range(8)))
     _INTEL_TAIL.pack_into(view, o + _I("DR7"), snap.dr7, snap.dr6, snap.rip, snap.efer,
                           snap.rflags, snap.cr3, snap.cr0)
