@@ -255,8 +255,12 @@ class Cpu:
         engine.on_code(0, self._memory.smram_base - 1, self._on_outside_code)
         engine.on_code(self._memory.smram_end, 0xFFFF_FFFF_FFFF_FFFF, self._on_outside_code)
 
-    def watch_msr_sites(self, sites: dict[int, bool]) -> None:
+    def watch_msr_sites(self, sites: dict[int, bool], *,
+                        fixed: dict[int, int] | None = None) -> None:
         """Intercept the ``rdmsr`` (False) / ``wrmsr`` (True) instructions at ``sites``.
+
+        ``fixed`` maps sites whose MSR the code alone determines to that MSR; a
+        site fixed to an MSR smmemu does not emulate needs no hook (Unicorn runs it).
 
         An access that succeeds is emulated without stopping the CPU: a write is
         applied in the hook and the native ``wrmsr`` (a no-op for these MSRs in
@@ -266,6 +270,8 @@ class Cpu:
         """
         for address, is_write in sites.items():
             if self._msr_sites.get(address) is is_write:
+                continue
+            if fixed is not None and address in fixed and fixed[address] not in EMULATED_MSRS:
                 continue
             self._msr_sites[address] = is_write
             self._hook_once("msr", address, self._on_msr_site)

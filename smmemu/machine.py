@@ -252,7 +252,7 @@ class Machine:
             if self.flash is not None:
                 cpu.engine.map_mmio(self.flash.base, self.flash.size, self.flash.read,
                                     self.flash.write)
-            cpu.watch_msr_sites(self.image.msr_sites)
+            cpu.watch_msr_sites(self.image.msr_sites, fixed=self.image.msr_numbers)
         self.mode = mode if mode is not None else ("traditional" if firmware is not None
                                                    else "standalone")
         if self.mode not in ("standalone", "traditional"):

@@ -75,7 +75,7 @@ def test_every_checked_in_script_runs_without_errors(capsys, name):
 def test_stepi_counts_through_the_entry_stub_to_the_first_64_bit_instruction(capsys, tmp_path):
     with Machine("q35") as machine:
         symbols = machine.image.symbols
-    status, out = run_script(capsys, tmp_path, "break smi\ncontinue\nstepi 8\nstepi 20\nstepi\n")
+    status, out = run_script(capsys, tmp_path, "break smi\ncontinue\nstepi 8\nstepi 21\nstepi\n")
     assert status == 0
     stops = out.split("(smmdbg) ")
     entry, after_16, before_64, first_64 = stops[2], stops[3], stops[4], stops[5]

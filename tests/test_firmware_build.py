@@ -434,3 +434,14 @@ def test_committed_mm_core_is_reproduced_byte_for_byte_from_source() -> None:
     built = build(config)
     assert built.blob == config.output.read_bytes()
     assert built.manifest_text == config.manifest.read_text(encoding="utf-8")
+
+
+def test_msr_numbers_only_where_the_code_alone_fixes_ecx(tmp_path: Path) -> None:
+    # 0x38000 mov ecx, 0xc0000080 (5) ; 0x38005 rdmsr (2)   -> fixed: falls through from the mov
+    # 0x38007 mov ecx, 0x1b (5) ; 0x3800c again: rdmsr (2)  -> a label: a jump may bring any ECX
+    # 0x3800e mov ecx, 0x10 (5) ; 0x38013 nop ; 0x38014 wrmsr -> not right after the mov
+    image = _build(tmp_path, ".code64\nmov ecx, 0xc0000080\nrdmsr\nmov ecx, 0x1b\nagain:\nrdmsr\n"
+                             "mov ecx, 0x10\nnop\nwrmsr\njmp again")
+    assert image.manifest["msr_sites"] == {"0x00038005": "rdmsr", "0x0003800c": "rdmsr",
+                                           "0x00038014": "wrmsr"}
+    assert image.manifest["msr_numbers"] == {"0x00038005": "0xc0000080"}

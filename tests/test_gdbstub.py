@@ -123,7 +123,7 @@ def test_gdb_stepi_count_through_the_entry_stub_to_the_first_64_bit_instruction(
         symbols = machine.image.symbols
         served = gdb(machine, [f"break *{entry:#x}", "continue", "delete", "p/x $pc", "x/i $pc",
                                "monitor info mode", "stepi 8", "p/x $pc", "p $cs",
-                               "monitor info mode", "stepi 21", "p/x $pc", "p $cs",
+                               "monitor info mode", "stepi 22", "p/x $pc", "p $cs",
                                "monitor info mode", "monitor disas $pc 1", "detach"],
                      [version_info(machine)])
     out = served.output

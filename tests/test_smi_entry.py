@@ -34,7 +34,8 @@ def test_item01_instruction_after_the_out_runs_once_and_only_after_rsm(
 
     result = machine.run_guest(OUT_THEN_INCREMENT, address=CODE_ADDRESS)
 
-    assert result.ok and len(result.smis) == 1
+    assert result.ok
+    assert len(result.smis) == 1
     assert result.smis[0].save_state["rip"] == CODE_ADDRESS + 11
     assert machine.read_physical(0x3_0000, 8) == (1).to_bytes(8, "little")
     assert machine.read_physical(0x0, 8) == bytes(8)  # [di] in the entry state: never touched

@@ -61,10 +61,12 @@ pm32_paging:
     # CR4 = PAE | MCE | OSFXSR | OSXMMEXCPT
     mov eax, 0x660
     mov cr4, eax
-    # EFER.LME | EFER.NXE
+    # EFER.LME | EFER.NXE. ECX is loaded right before each access so that the image
+    # manifest can record the MSR of both sites (msr_numbers: they need no host hook).
     mov ecx, 0xc0000080
     rdmsr
     or eax, 0x900
+    mov ecx, 0xc0000080
     wrmsr
     # CR0 |= PG | WP | NE | MP | PE
     mov eax, cr0

@@ -194,6 +194,30 @@ def _assemble(statements: list[Statement], base: int) -> bytes:
 _MSR_MNEMONICS = frozenset({"rdmsr", "wrmsr"})
 
 
+def _msr_numbers(placed: tuple[Placed, ...], labels: Mapping[str, int],
+                 base: int) -> dict[str, str]:
+    """The MSR each ``rdmsr``/``wrmsr`` site accesses, where the code alone fixes it.
+
+    That is where the site directly follows ``mov ecx, imm32`` and no label names
+    it, so no jump reaches it with another ECX. The CPU hooks only the sites whose
+    MSR smmemu emulates, or whose MSR is not fixed.
+    """
+    named = set(labels.values())
+    out: dict[str, str] = {}
+    previous = None
+    for place in placed:
+        insn = place.insn
+        if insn is None:
+            continue
+        address = base + place.offset
+        if (insn.mnemonic in _MSR_MNEMONICS and previous is not None
+                and previous.mnemonic == "mov" and previous.op_str.startswith("ecx, ")
+                and previous.address + previous.size == insn.address and address not in named):
+            out[f"0x{address:08x}"] = f"0x{int(previous.op_str[5:], 0):x}"
+        previous = insn
+    return out
+
+
 def _listing_line(place: Placed, blob: bytes, base: int) -> str:
     stmt = place.statement
     raw = blob[place.offset : place.offset + min(place.size, _LISTING_BYTES)]
@@ -246,6 +270,7 @@ def build(config: BuildConfig) -> BuiltImage:
             f"0x{config.load_address + p.offset:08x}": p.insn.mnemonic
             for p in verified.placed if p.insn is not None and p.insn.mnemonic in _MSR_MNEMONICS
         },
+        "msr_numbers": _msr_numbers(verified.placed, verified.labels, config.load_address),
         "constants": {k: f"0x{v:08x}" for k, v in sorted(verified.constants.items())},
         "sources": hashes,
         "verified_instructions": verified.instructions,

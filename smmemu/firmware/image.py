@@ -137,6 +137,15 @@ class MmCoreImage:
         return {int(address, 16): mnemonic == "wrmsr" for address, mnemonic in sites.items()}
 
     @property
+    def msr_numbers(self) -> dict[int, int]:
+        """Site address -> MSR number, for the MSR sites whose MSR the code alone fixes.
+
+        Those follow ``mov ecx, imm32`` directly and carry no label.
+        """
+        numbers = self.manifest.get("msr_numbers", {})
+        return {int(address, 16): int(msr, 16) for address, msr in numbers.items()}
+
+    @property
     def end(self) -> int:
         """First address after the image."""
         return self.load_address + len(self.blob)
