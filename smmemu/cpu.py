@@ -66,6 +66,7 @@ the other world than it began, so the address must be mapped in both. An
 _CR0_ENTRY_CLEAR = (1 << 0) | (1 << 31) | (1 << 2) | (1 << 3)
 _RSM_OPCODE = b"\x0f\xaa"
 _Q = struct.Struct("<Q")
+_MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 _REVISION_SMBASE_RELOCATION = 1 << 17
 _CR4_RESERVED = (1 << 15) | ~((1 << 25) - 1)
 
@@ -408,7 +409,7 @@ class Cpu:
                 self._host_call = rip
                 self.engine.stop()
                 return True
-            if self._code_in_context(blob, rip, 2) == _RSM_OPCODE:
+            if self._rsm_at(blob, rip):
                 frame = self._frame
                 if frame is not None and self._rsm_in_hook_allowed(frame):
                     # Execution carries on from the restored context in this same run
@@ -963,6 +964,21 @@ class Cpu:
         blob = self.engine.save_context()
         base = int(struct.unpack_from("<Q", blob, self.layout.seg("cs") + 8)[0])
         return (base + rip) & 0xFFFF_FFFF_FFFF_FFFF
+
+    def _rsm_at(self, blob: bytes, rip: int) -> bool:
+        """Whether the instruction at ``rip`` that raised #UD is RSM (0F AA).
+
+        The CPU fetched its bytes, so they are read through Unicorn's own
+        translation: the first byte, and the second only after a 0F (which the CPU
+        then fetched too). The host page walk is the fallback.
+        """
+        linear = (int(_Q.unpack_from(blob, self.layout.seg("cs") + 8)[0]) + rip) & _MASK64
+        first = self.engine.read_fetched(linear, 1, context=blob)
+        if first is None:
+            return self._code_in_context(blob, rip, 2) == _RSM_OPCODE
+        if first != _RSM_OPCODE[:1]:
+            return False
+        return self.engine.read_fetched((linear + 1) & _MASK64, 1, context=blob) == _RSM_OPCODE[1:]
 
     def _code_in_context(self, blob: bytes, rip: int, size: int) -> bytes:
         """``size`` code bytes at ``rip`` under the paging of context ``blob`` (one state read)."""

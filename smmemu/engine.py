@@ -74,6 +74,11 @@ _UC_CTL_IO_WRITE: Final = uc_const.UC_CTL_IO_WRITE
 _CTL_TLB_FLUSH_WORD: Final = (_UC_CTL_IO_WRITE << 30) | uc_const.UC_CTL_TLB_FLUSH
 _CTL_REMOVE_CACHE_WORD: Final = ((_UC_CTL_IO_WRITE << 30) | (2 << 26)
                                  | uc_const.UC_CTL_TB_REMOVE_CACHE)
+# uc_err uc_vmem_read(uc_engine *uc, uint64_t address, uc_prot prot, void *bytes, size_t size)
+# (unicorn.h, 2.1): not wrapped by the Python binding; bound here without touching its CDLL.
+_VMEM_READ: Final = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p,
+    ctypes.c_size_t)(("uc_vmem_read", _uclib))
 
 
 class Prot(enum.IntFlag):
@@ -383,6 +388,19 @@ class Engine:
     def read(self, address: int, size: int) -> bytes:
         """Read physical memory, ignoring host-side permissions."""
         return bytes(self._uc.mem_read(address, size))
+
+    def read_fetched(self, linear: int, size: int, *, context: bytes) -> bytes | None:
+        """Read code the CPU has just fetched, through its current paging (about 1 us).
+
+        Only for bytes the CPU fetched: a translation that fails raises a silent
+        #PF inside Unicorn (CR2 and ``old_exception`` change), so on failure
+        ``context`` (saved by the caller just before) is put back and None returned.
+        """
+        buffer = ctypes.create_string_buffer(size)
+        if _VMEM_READ(self._handle, linear, UC_PROT_EXEC, buffer, size):
+            self.restore_context(context)
+            return None
+        return buffer.raw
 
     def write(self, address: int, data: bytes) -> None:
         """Write physical memory, ignoring host-side permissions."""
