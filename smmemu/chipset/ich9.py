@@ -225,6 +225,8 @@ class SmiTimers:
 
     def on_smi_en(self, old: int, new: int) -> None:
         """Arm or disarm the timers when software writes SMI_EN."""
+        if not (old ^ new) & (_SWSMI_TMR_EN | _PERIODIC_EN):
+            return  # neither enable changed: nothing to arm or disarm
         pmcon1, pmcon3 = self._gen_pmcon()
         if new & _SWSMI_TMR_EN and not old & _SWSMI_TMR_EN:
             self.swsmi_deadline = self.now + SWSMI_PERIODS_NS[(pmcon3 >> 6) & 3]
