@@ -201,28 +201,37 @@ def count_instructions(
 def smm_time(workload: Workload, calls: int) -> tuple[float, float]:
     """(seconds in SMM, seconds in total) per round trip, on a separate Machine.
 
-    "In SMM" is the time inside the engine's ``run`` (``emu_start``) while the CPU is in
-    SMM, measured by wrapping ``machine.cpu.engine.run``: the SMM entry, the MM core,
-    the handler and its port I/O hooks, up to RSM.
+    "In SMM" runs from the end of the host's SMI entry (the CPU at SMBASE+0x8000)
+    to the start of its RSM: the MM core, the handler and their port I/O and MSR
+    hooks. Entry and RSM themselves happen inside hooks of the same ``emu_start``
+    as the non-SMM code, so they are measured by wrapping the CPU's entry and RSM
+    steps, not the engine's run.
     """
     machine = smmemu.Machine("q35")
     try:
         cpu = machine.cpu
-        engine = cpu.engine
-        original = engine.run
         spent = [0.0]
+        entered: list[float] = []
+        # The CPU's private entry and RSM steps: a benchmark probe, not an API.
+        enter = cpu._enter_smm
+        rsm_steps: dict[str, Callable[..., int]] = {"_rsm": cpu._rsm,
+                                                    "_rsm_unchanged": cpu._rsm_unchanged}
 
-        def timed_run(rip: int, until: int, count: int = 0) -> None:
-            if not cpu.in_smm:
-                original(rip, until, count)
-                return
-            started = time.perf_counter()
-            try:
-                original(rip, until, count)
-            finally:
-                spent[0] += time.perf_counter() - started
+        def timed_enter(*, halted: bool = False) -> int:
+            rip = enter(halted=halted)
+            entered.append(time.perf_counter())
+            return rip
 
-        engine.run = timed_run
+        def timed(step: Callable[..., int]) -> Callable[..., int]:
+            def run(*args: object) -> int:
+                if entered:
+                    spent[0] += time.perf_counter() - entered.pop()
+                return step(*args)
+            return run
+
+        cpu._enter_smm = timed_enter  # type: ignore[method-assign]
+        for name, step in rsm_steps.items():
+            setattr(cpu, name, timed(step))
         call = workload.call(machine)
         for _ in range(50):
             call()
@@ -233,7 +242,7 @@ def smm_time(workload: Workload, calls: int) -> tuple[float, float]:
         total = time.perf_counter() - started
         workload.check(result)
         if spent[0] == 0.0:
-            raise RuntimeError("no engine run happened in SMM (has the run loop changed?)")
+            raise RuntimeError("no SMI entry reached RSM (has the CPU's SMI path changed?)")
         return spent[0] / calls, total / calls
     finally:
         machine.close()
