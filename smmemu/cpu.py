@@ -772,33 +772,39 @@ class Cpu:
         engine.flush_tlb()
         if image.revision & _REVISION_SMBASE_RELOCATION:
             self.smbase = image.smbase
+        self._leave_smm(frame)
+        rip = image.rip
+        self._notify("rsm", rip)
+        if image.io_smi and image.io_restart == 0xFF:
+            # I/O instruction restart (SDM "I/O Instruction Restart"): run the I/O again.
+            return self._resume_after_rsm(image.io_rip, halt=False)
+        return self._resume_after_rsm(
+            rip, halt=bool(before.auto_halt_restart & 1 and image.auto_halt_restart & 1))
+
+    def _leave_smm(self, frame: _SmiFrame) -> None:
+        """The bookkeeping of RSM once the state is restored: SMRAM closed, NMIs as before."""
         frame.record.rsm = True
         self._frame = None
         self.in_smm = False
         self.smram.close()
-        rip = image.rip
         if not self._smm_inside_nmi:
             self.nmi_masked = False
-        self._notify("rsm", rip)
-        if image.io_smi and image.io_restart == 0xFF:
-            # I/O instruction restart (SDM "I/O Instruction Restart"): run the I/O again.
-            rip = image.io_rip
-        elif before.auto_halt_restart & 1 and image.auto_halt_restart & 1:
-            # Auto-HALT restart left set: the CPU returns to the HLT state (an SMI or an
-            # unblocked NMI wakes it again).
-            if self._smi_pending:
-                return self._enter_smm(halted=True)
-            if self.nmi_pending and not self.nmi_masked:
-                self._deliver_nmi(rip)
-                return self.engine.reg("rip")
-            self._finish(StopReason.HALTED, "")
-            self.halted = True
-            return 0
+
+    def _resume_after_rsm(self, rip: int, *, halt: bool) -> int:
+        """Where the CPU goes after RSM: a pending SMI, a held NMI, or ``rip``.
+
+        ``halt``: auto-HALT restart left set, so the CPU returns to the HLT state
+        (an SMI or an unblocked NMI wakes it again).
+        """
         if self._smi_pending:
-            return self._enter_smm()
+            return self._enter_smm(halted=halt)
         if self.nmi_pending and not self.nmi_masked:
             self._deliver_nmi(rip)
             return self.engine.reg("rip")
+        if halt:
+            self._finish(StopReason.HALTED, "")
+            self.halted = True
+            return 0
         return rip
 
     def _entry_in_hook_allowed(self, address: int) -> bool:
@@ -836,30 +842,10 @@ class Cpu:
         engine.restore_context(context.rsm_blob(self.layout, engine.save_context(),
                                                 frame.interrupted))
         engine.flush_tlb()
-        frame.record.rsm = True
-        self._frame = None
-        self.in_smm = False
-        self.smram.close()
-        if not self._smm_inside_nmi:
-            self.nmi_masked = False
+        self._leave_smm(frame)
         rip = int(_Q.unpack_from(frame.interrupted, self.layout.eip)[0])
         self._notify("rsm", rip)
-        if frame.halted:
-            # Auto-HALT restart left set (Intel map): back to the HLT state.
-            if self._smi_pending:
-                return self._enter_smm(halted=True)
-            if self.nmi_pending and not self.nmi_masked:
-                self._deliver_nmi(rip)
-                return self.engine.reg("rip")
-            self._finish(StopReason.HALTED, "")
-            self.halted = True
-            return 0
-        if self._smi_pending:
-            return self._enter_smm()
-        if self.nmi_pending and not self.nmi_masked:
-            self._deliver_nmi(rip)
-            return self.engine.reg("rip")
-        return rip
+        return self._resume_after_rsm(rip, halt=frame.halted)
 
     def _abandon_smi(self) -> None:
         """Leave SMM after a terminal stop: back to the interrupted context, SMRAM closed."""
