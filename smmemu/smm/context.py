@@ -124,9 +124,8 @@ def read_registers(layout: ContextLayout, blob: bytes) -> dict[str, int]:
     """GPRs, RIP, CR0, CR3, CR4 and EFER from a blob (RFLAGS needs the register API)."""
     regs = dict(zip(GPR_ORDER, _GPRS.unpack_from(blob, layout.regs), strict=True))
     regs["rip"] = _Q.unpack_from(blob, layout.eip)[0]
-    for name, offset in (("cr0", layout.cr), ("cr3", layout.cr + 24), ("cr4", layout.cr + 32),
-                         ("efer", layout.efer)):
-        regs[name] = _Q.unpack_from(blob, offset)[0]
+    regs["cr0"], regs["cr3"], regs["cr4"] = _CR034.unpack_from(blob, layout.cr)
+    regs["efer"] = _Q.unpack_from(blob, layout.efer)[0]
     return regs
 
 
