@@ -51,18 +51,6 @@ __all__ = ["Cpu", "CpuObserver", "FaultDecoder", "HostCallHandler", "RunState"]
 
 log = logging.getLogger(__name__)
 
-_UNTIL_BELOW_SMRAM_END = 0x1000
-"""``until`` for every run: the top page of SMRAM, which no code occupies and which both
-worlds map (the MM core maps all of SMRAM; the non-SMM tables identity-map 4 GiB).
-
-Runs end by hooks or ``hlt``, never at ``until``. After every run Unicorn
-invalidates the translation block holding ``until - 1``; that lookup walks the
-guest page tables *of the world the run ended in*, and an unmapped address there
-raises a silent #PF that sets CR2 and QEMU's ``old_exception`` (so the next real
-fault turns into #DF). A run that enters SMM or executes RSM inside a hook ends in
-the other world than it began, so the address must be mapped in both. An
-``until`` inside translated code forces re-translation (unicorn_probe.md row 12).
-"""
 _CR0_ENTRY_CLEAR = (1 << 0) | (1 << 31) | (1 << 2) | (1 << 3)
 _RSM_OPCODE = b"\x0f\xaa"
 _Q = struct.Struct("<Q")
@@ -596,7 +584,7 @@ class Cpu:
         self._host_call = None
         self._stepped_from = rip if count else None
         try:
-            self.engine.run(rip, self._until(), count)
+            self.engine.run(rip, count=count)
         except RunFault as run_fault:
             return self._on_run_fault(run_fault)
         return self._after_segment()
@@ -624,7 +612,7 @@ class Cpu:
             try:
                 if not self._counting:
                     self.engine.flush_translations()
-                self.engine.run(self.engine.reg("rip"), self._until(), count=1)
+                self.engine.run(self.engine.reg("rip"), count=1)
                 if not self._counting:
                     self.engine.flush_translations()
             finally:
@@ -652,10 +640,6 @@ class Cpu:
         self._finish(StopReason.HALTED, "")
         self.halted = True
         return 0
-
-    def _until(self) -> int:
-        """A never-executed address mapped in both worlds (see ``_UNTIL_BELOW_SMRAM_END``)."""
-        return self._memory.smram_end - _UNTIL_BELOW_SMRAM_END
 
     def _stepped_onto_hlt(self) -> bool:
         """Whether the single-stepped instruction was ``hlt`` (the run then ends)."""

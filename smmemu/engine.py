@@ -347,6 +347,7 @@ class Engine:
         self._ctx: UcContext = self._uc.context_save()
         self._hooks: list[int] = []
         self._code_ranges: dict[int, tuple[int, int]] = {}
+        self._uc.ctl_exits_enabled(True)  # and no exits: see run()
         # Register fast path: uc_reg_read/uc_reg_write on one preallocated u64 cost about
         # 0.5 us against 2 us through the binding's per-register class lookup (every
         # register in _REGS is a plain integer to Unicorn).
@@ -620,20 +621,31 @@ class Engine:
         self._code_ranges.pop(handle, None)
 
     # -- running ----------------------------------------------------------
-    def run(self, rip: int, until: int, count: int = 0) -> None:
-        """Run from ``rip`` until the linear address ``until``, a stop, or ``count`` instructions.
+    def run(self, rip: int, until: int | None = None, count: int = 0) -> None:
+        """Run from ``rip`` until a stop, ``count`` instructions, or the linear address ``until``.
+
+        Unicorn's exit list is on and empty except while ``until`` is given: with a
+        plain ``until``, Unicorn looks ``until - 1`` up in the guest's page tables
+        after every run, and a miss is a silent #PF (CR2 and ``old_exception``
+        change, so the next real fault turns into #DF). A run can begin in one
+        world and end in the other, so no single address is safe for both.
 
         Raises:
             RunFault: on a protection or unmapped-memory stop.
             EngineError: on any other Unicorn error.
         """
+        if until is not None:
+            self._uc.ctl_set_exits([until])
         try:
-            self._uc.emu_start(rip, until, 0, count)
+            self._uc.emu_start(rip, 0 if until is None else until, 0, count)
         except UcError as err:
             fault = _RUN_FAULTS.get(err.errno)
             if fault is not None:
                 raise RunFault(str(err), kind=fault[0], unmapped=fault[1], code=err.errno) from err
             raise EngineError(f"emulation failed: {err}") from err
+        finally:
+            if until is not None:
+                self._uc.ctl_set_exits([])
 
     def stop(self) -> None:
         """Stop the current run at the next opportunity (safe from hooks and other threads)."""

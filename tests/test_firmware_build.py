@@ -445,3 +445,10 @@ def test_msr_numbers_only_where_the_code_alone_fixes_ecx(tmp_path: Path) -> None
     assert image.manifest["msr_sites"] == {"0x00038005": "rdmsr", "0x0003800c": "rdmsr",
                                            "0x00038014": "wrmsr"}
     assert image.manifest["msr_numbers"] == {"0x00038005": "0xc0000080"}
+
+
+def test_msr_site_after_a_register_move_is_not_fixed(tmp_path: Path) -> None:
+    # mov ecx, ebx (2) ; rdmsr
+    image = _build(tmp_path, ".code64\nmov ecx, ebx\nrdmsr")
+    assert image.manifest["msr_sites"] == {"0x00038002": "rdmsr"}
+    assert image.manifest["msr_numbers"] == {}

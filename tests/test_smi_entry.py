@@ -139,3 +139,19 @@ def test_item03_entry_state_is_architectural(profile: str) -> None:
     assert seen["cr0"] == before_cr0 & ~0x8000_000D
     assert (seen["cr4"], seen["efer"], seen["dr7"]) == (0, 0, 0x400)
     assert (seen["ds"], seen["ss"]) == (0, 0)
+
+
+def test_runs_leave_cr2_alone_under_the_guests_own_page_tables(q35: Machine) -> None:
+    # Tables at 0x10000 identity-mapping only the low 2 MiB (no TSEG, nothing at 1 GiB).
+    q35.write_physical(0x1_0000, (0x1_1003).to_bytes(8, "little") + bytes(0xFF8))
+    q35.write_physical(0x1_1000, (0x1_2003).to_bytes(8, "little") + bytes(0xFF8))
+    q35.write_physical(0x1_2000, (0x83).to_bytes(8, "little") + bytes(0xFF8))
+    # mov eax, 0x10000 ; mov cr3, rax
+    assert q35.run_guest(bytes.fromhex("b800000100 0f22d8")).stop is StopReason.HALTED
+    # mov al, 0x42 ; out 0xb2, al ; mov rbx, cr2 ; mov rax, [0x40000000]
+    result = q35.run_guest(bytes.fromhex("b042 e6b2 0f20d3 488b042500000040"))
+
+    assert len(result.smis) == 1
+    assert result.registers["rbx"] == 0  # no earlier run or SMI left a page fault behind
+    assert result.stop is StopReason.GUEST_FAULT
+    assert "exception 14" in result.detail  # a #PF, not a #DF from a silent earlier fault

@@ -213,9 +213,19 @@ def _msr_numbers(placed: tuple[Placed, ...], labels: Mapping[str, int],
         if (insn.mnemonic in _MSR_MNEMONICS and previous is not None
                 and previous.mnemonic == "mov" and previous.op_str.startswith("ecx, ")
                 and previous.address + previous.size == insn.address and address not in named):
-            out[f"0x{address:08x}"] = f"0x{int(previous.op_str[5:], 0):x}"
+            msr = _immediate(previous.op_str[5:])
+            if msr is not None:
+                out[f"0x{address:08x}"] = f"0x{msr:x}"
         previous = insn
     return out
+
+
+def _immediate(operand: str) -> int | None:
+    """The value of an immediate operand as capstone prints it; None for anything else."""
+    try:
+        return int(operand, 0)
+    except ValueError:
+        return None
 
 
 def _listing_line(place: Placed, blob: bytes, base: int) -> str:
