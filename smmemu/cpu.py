@@ -781,6 +781,9 @@ class Cpu:
         (an SMI or an unblocked NMI wakes it again).
         """
         if self._smi_pending:
+            # Taken at the boundary of the instruction the CPU resumes at: with I/O
+            # restart that is the I/O instruction, not the RIP the map restored.
+            self.engine.set_reg("rip", rip)
             return self._enter_smm(halted=halt)
         if self.nmi_pending and not self.nmi_masked:
             self._deliver_nmi(rip)

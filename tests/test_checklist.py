@@ -143,6 +143,32 @@ def test_item11_io_restart_runs_the_out_again() -> None:
         assert int.from_bytes(m.read_physical(io_misc, 4, smm=True), "little") & 1
 
 
+def test_item11_io_restart_with_an_smi_pending_enters_before_the_io_instruction() -> None:
+    """RSM to an I/O restart with another SMI pending: that SMI is taken at the restarted
+    I/O instruction's boundary, so its map saves the I/O instruction's RIP."""
+    with Machine("intel") as m:
+        restart = m.profile.smbase + 0xFF00
+        flag = m.profile.tseg_base + 0x7F_E000
+        # First SMI only: arm I/O restart (the handler of the test above).
+        handler = (b"\x48\xb8" + struct.pack("<Q", flag) + bytes.fromhex("803800 7512 c60001")
+                   + b"\x48\xb8" + struct.pack("<Q", restart)
+                   + bytes.fromhex("66c700ff00 31c0 c3"))
+        address = m.install_handler(handler, None)
+        raised: list[bool] = []
+
+        def raise_once(_address: int, _size: int) -> None:
+            if not raised:  # another SMI arrives while the first is serviced
+                raised.append(True)
+                m.cpu.raise_smi()
+
+        m.cpu.engine.on_code(address, address, raise_once)
+        m.cpu.engine.invalidate_code(address, address + 1)
+        # mov dx, 0xb2 ; mov al, 0x42 ; out dx, al ; hlt
+        result = m.run_guest(bytes.fromhex("66bab200 b042 ee f4"))
+        assert result.stop is StopReason.HALTED
+        assert [smi.save_state["rip"] for smi in result.smis] == [CODE + 7, CODE + 6, CODE + 7]
+
+
 def test_item11_auto_halt_left_set_halts_again() -> None:
     with Machine("intel") as m:
         # hlt ; mov rbx, 0x77 ; hlt
