@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from smmbench import BENCH_DIR, REPO_ROOT, floor, peer, probes, report, stats, workloads
+from smmbench import BENCH_DIR, REPO_ROOT, floor, peer, probes, report, stats, tools, workloads
 
 import smmemu
 
@@ -274,6 +274,17 @@ class Bench:
         rss = _attempt(self.errors, "peak RSS", lambda: probes.peak_rss(1000))
         if rss is not None:
             self.result["rss"] = {"data": rss}
+        _say("snapshots")
+        cycles, takes = (50, 5) if self.quick else (300, 20)
+        snapshots = _attempt(self.errors, "snapshots",
+                             lambda: tools.snapshot_times(cycles, takes))
+        if snapshots is not None:
+            self.result["snapshots"] = snapshots
+        _say("debugger single steps")
+        step_runs = 3 if self.quick else 9
+        steps = _attempt(self.errors, "single steps", lambda: tools.step_rate(step_runs))
+        if steps is not None:
+            self.result["single_step"] = steps
 
     def _smm_time(self, counts: dict[str, workloads.InstructionCount]) -> dict[str, Any]:
         calls = 100 if self.quick else 400

@@ -151,6 +151,17 @@ def _derived(result: dict[str, Any]) -> list[str]:
                    f"{rss['after_machine_kib'] / MIB:.1f} MiB with a Machine, "
                    f"{rss['after_smis_kib'] / MIB:.1f} MiB after {rss['smis']} VERSION_INFO SMIs"
                    f"{hwm_text}")
+    snapshots = result.get("snapshots")
+    if snapshots:
+        restore, take = snapshots["restore_us"], snapshots["take_us"]
+        out.append(f"snapshot: restore after one VERSION_INFO {restore['median']:.1f} us "
+                   f"[{restore['min']:.1f} .. p90 {restore['p90']:.1f}] (target 50 us), "
+                   f"take {take['median'] / 1e3:.2f} ms")
+    step = result.get("single_step")
+    if step:
+        out.append(f"debugger single step: {step['steps_per_s']:,.0f} steps/s "
+                   f"[{step['min_per_s']:,.0f} .. {step['max_per_s']:,.0f}] through software_smi"
+                   f"(0x42), {step['steps_per_smi']} steps each")
     counts = result.get("instructions", {})
     vi = counts.get("version_info")
     if vi:
