@@ -652,11 +652,7 @@ class Machine:
         Raises:
             ConfigError: no such CPU.
         """
-        self._alive()
-        if not 0 <= cpu < len(self._cpus):
-            raise ConfigError(f"no CPU {cpu} (this machine has {len(self._cpus)})",
-                              field="cpu", value=cpu)
-        target = self._cpus[cpu]
+        target = self._cpu_at(cpu)
         target.raise_smi()
         before = len(self._memory.findings)
         if not self._preemptive:
@@ -675,14 +671,22 @@ class Machine:
         Raises:
             ConfigError: no such CPU.
         """
+        target = self._cpu_at(cpu)
+        if not target.inject_nmi():
+            return None
+        return self._run_on(target, target.engine.reg("rip"), {})
+
+    def _cpu_at(self, cpu: int) -> Cpu:
+        """CPU number ``cpu`` of a live Machine.
+
+        Raises:
+            ConfigError: no such CPU.
+        """
         self._alive()
         if not 0 <= cpu < len(self._cpus):
             raise ConfigError(f"no CPU {cpu} (this machine has {len(self._cpus)})",
                               field="cpu", value=cpu)
-        target = self._cpus[cpu]
-        if not target.inject_nmi():
-            return None
-        return self._run_on(target, target.engine.reg("rip"), {})
+        return self._cpus[cpu]
 
     @property
     def nmi_count(self) -> int:
