@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import smmemu
+from smmbench import stats
 
 VERSION_INFO_REQUEST = struct.pack("<IIIIQ", 0x5055534D, 1, 3, 0, 0) + bytes(16)
 VERSION_INFO_GUID = "8c633b23-1260-4ea6-830f-7ddc97382111"
@@ -86,17 +87,7 @@ def machine_batch(workload: Workload) -> tuple[Callable[[int], float], smmemu.Ma
     machine = smmemu.Machine("q35")
     call = workload.call(machine)
     workload.check(call())
-
-    def batch(n: int) -> float:
-        result: object = None
-        started = time.perf_counter()
-        for _ in range(n):
-            result = call()
-        elapsed = time.perf_counter() - started
-        workload.check(result)
-        return elapsed
-
-    return batch, machine
+    return stats.timed_loop(call, workload.check), machine
 
 
 @dataclass(frozen=True, slots=True)
