@@ -735,11 +735,9 @@ class Cpu:
         if frame is None:
             self._finish(StopReason.SHUTDOWN, "RSM without an SMI frame")
             return 0
-        view, offset = self._save_state_view()
-        raw = frame.record.raw_save_state
-        if view[offset:offset + len(raw)] == raw:
+        if self._map_unchanged(frame):
             return self._rsm_unchanged(frame)
-        image = read_restore_image(self._profile.save_state, view, offset)
+        image = read_restore_image(self._profile.save_state, *self._save_state_view())
         reason = _shutdown_reason(image)
         if reason is not None:
             self._run.findings.append(Finding("rsm-shutdown", reason))
@@ -800,9 +798,8 @@ class Cpu:
         Not when another code hook covers ``address``: it would run after this one,
         already in SMM, for an instruction the CPU never executes there.
         """
-        return not (self.observer is not None or self._counting or self._preemptive
-                    or self.in_smm or self.state is not RunState.RUNNING
-                    or self.engine.code_hooks_at(address) > 1)
+        return (self._unwatched and not self.in_smm and self.state is RunState.RUNNING
+                and self.engine.code_hooks_at(address) <= 1)
 
     def _rsm_in_hook_allowed(self, frame: _SmiFrame) -> bool:
         """Whether RSM can complete inside the #UD hook instead of after a stop.
@@ -811,9 +808,16 @@ class Cpu:
         preempts it, nothing is pending that RSM would act on, the map is as the
         CPU wrote it and the CPU returns to running code (not to HLT).
         """
-        if (self.observer is not None or self._counting or self._preemptive
-                or self._smi_pending or self.nmi_pending or frame.halted):
-            return False
+        return (self._unwatched and not (self._smi_pending or self.nmi_pending or frame.halted)
+                and self._map_unchanged(frame))
+
+    @property
+    def _unwatched(self) -> bool:
+        """Nobody observes or single-steps the CPU and no block hook preempts it."""
+        return not (self.observer is not None or self._counting or self._preemptive)
+
+    def _map_unchanged(self, frame: _SmiFrame) -> bool:
+        """Whether the save-state map still holds what the CPU wrote at entry."""
         view, offset = self._save_state_view()
         raw = frame.record.raw_save_state
         return view[offset:offset + len(raw)] == raw
@@ -934,41 +938,31 @@ class Cpu:
     # -- exceptions in SMM ------------------------------------------------------
     def _linear(self, rip: int) -> int:
         """CS.base + RIP: hooks report RIP, which is an offset outside 64-bit mode."""
-        blob = self.engine.save_context()
-        base = int(struct.unpack_from("<Q", blob, self.layout.seg("cs") + 8)[0])
-        return (base + rip) & 0xFFFF_FFFF_FFFF_FFFF
+        return self._linear_in(self.engine.save_context(), rip)
+
+    def _linear_in(self, blob: bytes, rip: int) -> int:
+        """CS.base + RIP under the context ``blob``."""
+        return (int(_Q.unpack_from(blob, self.layout.seg("cs") + 8)[0]) + rip) & _MASK64
 
     def _rsm_at(self, blob: bytes, rip: int) -> bool:
         """Whether the instruction at ``rip`` that raised #UD is RSM (0F AA).
 
         The CPU fetched its bytes, so they are read through Unicorn's own
         translation: the first byte, and the second only after a 0F (which the CPU
-        then fetched too). The host page walk is the fallback.
+        then fetched too). The host page walk under ``blob``'s paging is the fallback.
         """
-        linear = (int(_Q.unpack_from(blob, self.layout.seg("cs") + 8)[0]) + rip) & _MASK64
+        linear = self._linear_in(blob, rip)
         first = self.engine.read_fetched(linear, 1, context=blob)
         if first is None:
-            return self._code_in_context(blob, rip, 2) == _RSM_OPCODE
+            cr = self.layout.cr
+            cr0, cr3 = int(_Q.unpack_from(blob, cr)[0]), int(_Q.unpack_from(blob, cr + 24)[0])
+            return self._read_code_paged(linear, 2, cr0, cr3) == _RSM_OPCODE
         if first != _RSM_OPCODE[:1]:
             return False
         return self.engine.read_fetched((linear + 1) & _MASK64, 1, context=blob) == _RSM_OPCODE[1:]
 
-    def _code_in_context(self, blob: bytes, rip: int, size: int) -> bytes:
-        """``size`` code bytes at ``rip`` under the paging of context ``blob`` (one state read)."""
-        layout = self.layout
-        cs_base = int(_Q.unpack_from(blob, layout.seg("cs") + 8)[0])
-        cr0 = int(_Q.unpack_from(blob, layout.cr)[0])
-        cr3 = int(_Q.unpack_from(blob, layout.cr + 24)[0])
-        return self._read_code_paged((cs_base + rip) & 0xFFFF_FFFF_FFFF_FFFF, size, cr0, cr3)
-
     def _read_code(self, linear: int, size: int) -> bytes:
-        physical = self._linear_to_physical(linear)
-        if physical is None:
-            return b""
-        try:
-            return self._memory.read(physical, size, smm=True)
-        except Exception:  # noqa: BLE001 - any unreadable address simply has no bytes
-            return b""
+        return self._read_code_paged(linear, size, self.engine.reg("cr0"), self.engine.reg("cr3"))
 
     def _linear_to_physical(self, linear: int) -> int | None:
         return self._translate(linear, self.engine.reg("cr0"), self.engine.reg("cr3"))
